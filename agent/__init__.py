@@ -1,0 +1,1 @@
+"""In-vehicle agent: identity, signed MQTT sync, local store, CLI."""

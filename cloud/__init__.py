@@ -1,0 +1,1 @@
+"""Cloud endpoint: MQTT request workers, device PKI, policy store, CLI."""

@@ -1,0 +1,206 @@
+"""Device PKI with cryptography's x509 API: CA, broker, cloud and car certificates, CRL.
+
+``write_dev_pki`` lays out a complete development PKI for tests and the demo.
+Every private key file is written with mode 0600.
+"""
+
+import datetime as dt
+import ipaddress
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import Encoding
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from agent.protocol.keys import generate_private_key, private_pem, public_pem
+
+CLOUD_IDENTITY: Final = "ctpl-cloud"
+_VID_ALPHABET: Final = "abcdefghijklmnopqrstuvwxyz234567"
+
+
+def new_vid() -> str:
+    """A fresh opaque vehicle id: ``v`` and 16 random base32 characters (80 bits)."""
+    return "v" + "".join(secrets.choice(_VID_ALPHABET) for _ in range(16))
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def new_ca(
+    cn: str = "CTPL dev device CA", days: int = 3650
+) -> tuple[ec.EllipticCurvePrivateKey, x509.Certificate]:
+    """A self-signed P-256 CA key and certificate."""
+    key = generate_private_key()
+    now = _now()
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(_name(cn))
+        .issuer_name(_name(cn))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(days=days))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
+        .add_extension(
+            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            critical=True,
+        )
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .sign(key, hashes.SHA256())
+    )
+    return key, cert
+
+
+@dataclass(frozen=True)
+class CertificateAuthority:
+    """A CA key and certificate that issue leaf certificates and CRLs."""
+
+    key: ec.EllipticCurvePrivateKey
+    cert: x509.Certificate
+
+    def issue(
+        self,
+        cn: str,
+        public_key: ec.EllipticCurvePublicKey,
+        *,
+        days: int = 90,
+        server_names: tuple[str, ...] = (),
+        not_before: dt.datetime | None = None,
+    ) -> x509.Certificate:
+        """A leaf certificate for ``cn``: a server certificate when ``server_names`` is given."""
+        start = not_before or _now() - dt.timedelta(minutes=5)
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if server_names else ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(_name(cn))
+            .issuer_name(self.cert.subject)
+            .public_key(public_key)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(start)
+            .not_valid_after(start + dt.timedelta(days=days))
+            .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+            .add_extension(
+                x509.KeyUsage(True, False, False, False, False, False, False, False, False),
+                critical=True,
+            )
+            .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
+            .add_extension(
+                x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()), False
+            )
+        )
+        if server_names:
+            sans: list[x509.GeneralName] = []
+            for n in server_names:
+                try:
+                    sans.append(x509.IPAddress(ipaddress.ip_address(n)))
+                except ValueError:
+                    sans.append(x509.DNSName(n))
+            builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+        return builder.sign(self.key, hashes.SHA256())
+
+    def crl(self, revoked_serials: list[int], *, days: int = 30) -> x509.CertificateRevocationList:
+        """A CRL revoking ``revoked_serials``, valid ``days`` days."""
+        now = _now()
+        builder = (
+            x509.CertificateRevocationListBuilder()
+            .issuer_name(self.cert.subject)
+            .last_update(now - dt.timedelta(minutes=5))
+            .next_update(now + dt.timedelta(days=days))
+        )
+        for serial in revoked_serials:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(now).build()
+            )
+        return builder.sign(self.key, hashes.SHA256())
+
+
+def write_private(path: Path, pem: bytes) -> None:
+    """Write a private key file with mode 0600 from its creation on."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(pem)
+
+
+def cert_pem(cert: x509.Certificate) -> bytes:
+    """PEM of ``cert``."""
+    return cert.public_bytes(Encoding.PEM)
+
+
+@dataclass(frozen=True)
+class DevPki:
+    """Paths of a development PKI laid out by ``write_dev_pki``."""
+
+    root: Path
+
+    ca_cert = property(lambda self: self.root / "ca.crt")
+    ca_key = property(lambda self: self.root / "ca.key")
+    crl = property(lambda self: self.root / "ca.crl")
+    broker_cert = property(lambda self: self.root / "broker.crt")
+    broker_key = property(lambda self: self.root / "broker.key")
+    cloud_cert = property(lambda self: self.root / "cloud.crt")
+    cloud_key = property(lambda self: self.root / "cloud.key")
+    signing_key = property(lambda self: self.root / "cloud-signing.key")
+    signing_pub = property(lambda self: self.root / "cloud-signing.pub")
+    vehicles_file = property(lambda self: self.root / "vehicles.json")
+
+    def car_dir(self, vid: str) -> Path:
+        """Where car ``vid``'s key and certificate live."""
+        return self.root / "cars" / vid
+
+    def vids(self) -> list[str]:
+        """The vids issued, in issue order."""
+        data: list[dict[str, str]] = json.loads(self.vehicles_file.read_text())
+        return [v["vid"] for v in data]
+
+
+def write_dev_pki(
+    root: Path, cars: int, *, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")
+) -> DevPki:
+    """Create a CA, a broker server cert, the cloud's client cert and signing key, and ``cars`` cars.
+
+    ``vehicles.json`` lists each car's vid, VIN and certificate path, for import into the cloud.
+    """
+    pki = DevPki(root)
+    root.mkdir(parents=True, exist_ok=True)
+    ca_key, ca_cert = new_ca()
+    ca = CertificateAuthority(ca_key, ca_cert)
+    write_private(pki.ca_key, private_pem(ca_key))
+    pki.ca_cert.write_bytes(cert_pem(ca_cert))
+    pki.crl.write_bytes(ca.crl([]).public_bytes(Encoding.PEM))
+
+    broker_key = generate_private_key()
+    write_private(pki.broker_key, private_pem(broker_key))
+    pki.broker_cert.write_bytes(
+        cert_pem(ca.issue("ctpl-broker", broker_key.public_key(), days=365, server_names=hosts))
+    )
+    cloud_key = generate_private_key()
+    write_private(pki.cloud_key, private_pem(cloud_key))
+    pki.cloud_cert.write_bytes(cert_pem(ca.issue(CLOUD_IDENTITY, cloud_key.public_key(), days=365)))
+    signing = generate_private_key()
+    write_private(pki.signing_key, private_pem(signing))
+    pki.signing_pub.write_bytes(public_pem(signing.public_key()))
+
+    vehicles = []
+    for i in range(cars):
+        vid = new_vid()
+        key = generate_private_key()
+        d = pki.car_dir(vid)
+        write_private(d / "car.key", private_pem(key))
+        (d / "car.crt").write_bytes(cert_pem(ca.issue(vid, key.public_key())))
+        vin = f"LSIMCAR{i:010d}"
+        vehicles.append({"vid": vid, "vin": vin, "cert": str(d / "car.crt")})
+    pki.vehicles_file.write_text(json.dumps(vehicles, indent=1))
+    return pki
