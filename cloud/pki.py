@@ -169,7 +169,7 @@ class DevPki:
 def write_dev_pki(
     root: Path, cars: int, *, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")
 ) -> DevPki:
-    """Create a CA, a broker server cert, the cloud's client cert and signing key, and ``cars`` cars.
+    """Create a CA, broker and cloud certificates, the cloud's signing key, and ``cars`` cars.
 
     ``vehicles.json`` lists each car's vid, VIN and certificate path, for import into the cloud.
     """
@@ -200,7 +200,7 @@ def write_dev_pki(
         d = pki.car_dir(vid)
         write_private(d / "car.key", private_pem(key))
         (d / "car.crt").write_bytes(cert_pem(ca.issue(vid, key.public_key())))
-        vin = f"LSIMCAR{i:010d}"
+        vin = f"LSGCAR{i:011d}"
         vehicles.append({"vid": vid, "vin": vin, "cert": str(d / "car.crt")})
     pki.vehicles_file.write_text(json.dumps(vehicles, indent=1))
     return pki

@@ -97,11 +97,10 @@ class Mosquitto:
     def start(self, timeout_s: float = 10.0) -> "Mosquitto":
         """Start the broker and wait until its port accepts connections."""
         conf = render_config(self.pki, self.workdir, self.port, self.host)
-        self.proc = subprocess.Popen(  # noqa: S603 - fixed binary, our own config file
-            [find_mosquitto(), "-c", str(conf)],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.workdir / "mosquitto.stderr").open("wb"),
-        )
+        with (self.workdir / "mosquitto.stderr").open("wb") as stderr:
+            self.proc = subprocess.Popen(  # noqa: S603 - fixed binary, our own config file
+                [find_mosquitto(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=stderr
+            )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

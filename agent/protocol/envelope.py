@@ -67,9 +67,13 @@ def _b64decode(text: object, what: str) -> bytes:
     if not isinstance(text, str) or _B64URL_RE.fullmatch(text) is None:
         raise EnvelopeError(f"{what} is not base64url text")
     try:
-        return base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
+        raw = base64.b64decode(text + "=" * (-len(text) % 4), altchars=b"-_", validate=True)
     except (binascii.Error, ValueError) as exc:
         raise EnvelopeError(f"{what} is not valid base64url") from exc
+    # Unused trailing bits must be zero, so that one envelope has exactly one spelling.
+    if b64url(raw) != text:
+        raise EnvelopeError(f"{what} is not canonical base64url")
+    return raw
 
 
 def parse(data: bytes) -> Envelope:
@@ -82,7 +86,8 @@ def parse(data: bytes) -> Envelope:
         raise EnvelopeError("envelope is not JSON") from exc
     if not isinstance(obj, dict) or obj.keys() != _FIELDS:
         raise EnvelopeError("envelope must have exactly v, alg, kid, body, sig")
-    if obj["v"] != 1 or isinstance(obj["v"], bool):
+    # Exactly the integer 1: JSON 1.0 and true compare equal to 1 in Python.
+    if type(obj["v"]) is not int or obj["v"] != 1:
         raise EnvelopeError("unsupported envelope version")
     if obj["alg"] != "ES256":
         raise EnvelopeError("unsupported algorithm")

@@ -4,6 +4,8 @@ import base64
 import hashlib
 from pathlib import Path
 
+from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import (
@@ -47,9 +49,8 @@ def load_private_key(path: Path) -> PrivateKey:
 
 def load_public_key(pem: bytes) -> PublicKey:
     """Load a PEM P-256 public key, or the public key of a PEM certificate."""
+    key: object
     if b"BEGIN CERTIFICATE" in pem:
-        from cryptography import x509
-
         key = x509.load_pem_x509_certificate(pem).public_key()
     else:
         key = serialization.load_pem_public_key(pem)
@@ -86,8 +87,6 @@ def verify_raw(key: PublicKey, signature: bytes, message: bytes) -> None:
         raise SignatureError("signature is not 64 bytes")
     r = int.from_bytes(signature[:_SCALAR_BYTES], "big")
     s = int.from_bytes(signature[_SCALAR_BYTES:], "big")
-    from cryptography.exceptions import InvalidSignature
-
     try:
         key.verify(encode_dss_signature(r, s), message, _ECDSA_SHA256)
     except (InvalidSignature, ValueError) as exc:

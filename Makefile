@@ -1,0 +1,49 @@
+# Two commands for a newcomer: `make demo` and `make test`. Both bootstrap first.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+.PHONY: bootstrap demo test lint format bench clean
+
+bootstrap: $(STAMP) mosquitto
+
+# The venv is rebuilt when pyproject.toml changes.
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "Python 3.11 or newer is needed ($(PYTHON) is $$($(PYTHON) --version))"; exit 1; }
+	@$(PYTHON) -m venv --help >/dev/null 2>&1 && [ -x $(BIN)/python ] || $(PYTHON) -m venv $(VENV) || \
+	  { $(SUDO) apt-get update && $(SUDO) apt-get install -y python3-venv && $(PYTHON) -m venv $(VENV); }
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $@
+
+# Mosquitto from Debian's packages when it is missing. The packaged service is not
+# needed: tests and the demo start their own broker from broker-config/.
+mosquitto:
+	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || { \
+	  echo "Installing Mosquitto with apt-get"; \
+	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends mosquitto; }
+
+demo: bootstrap
+	$(BIN)/ctpl-sim demo --cars 20
+
+test: bootstrap
+	$(BIN)/pytest
+
+lint: bootstrap
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: bootstrap
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+bench: bootstrap
+	$(BIN)/ctpl-sim bench --out docs/benchmarks.md
+
+clean:
+	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

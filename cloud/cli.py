@@ -1,0 +1,118 @@
+"""``ctpl-cloud``: run a request worker, make a development PKI, import vehicles and policies."""
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from pathlib import Path
+
+from .config import CloudConfig
+from .errors import CloudError
+from .pki import DevPki, write_dev_pki
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="ctpl-cloud",
+        description="CTPL cloud endpoint: signed policy-state request worker and tools.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("serve", help="run a request worker against the broker")
+    s.add_argument("--db", type=Path, required=True, help="SQLite store file")
+    s.add_argument("--broker-host", default="127.0.0.1")
+    s.add_argument("--broker-port", type=int, default=8883)
+    s.add_argument("--pki", type=Path, help="a dev PKI directory (sets the four files below)")
+    s.add_argument("--ca", type=Path, help="CA certificate the broker's certificate chains to")
+    s.add_argument("--cert", type=Path, help="the cloud's client certificate (CN ctpl-cloud)")
+    s.add_argument("--key", type=Path, help="the cloud's client key")
+    s.add_argument("--signing-key", type=Path, help="the cloud's message-signing key")
+    s.add_argument("--client-id", default="ctpl-cloud-1", help="MQTT client id (one per worker)")
+    s.add_argument(
+        "--fresh-for",
+        type=float,
+        default=86400.0,
+        metavar="SECONDS",
+        help="how long a state stays fresh on the car (default 1 day)",
+    )
+    s.add_argument("-v", "--verbose", action="store_true")
+
+    k = sub.add_parser("dev-pki", help="make a development CA, broker/cloud certs and car certs")
+    k.add_argument("--out", type=Path, required=True, help="directory to write into")
+    k.add_argument("--cars", type=int, default=20, help="how many car identities (default 20)")
+
+    i = sub.add_parser("import", help="register vehicles and seed policies in the store")
+    i.add_argument("--db", type=Path, required=True)
+    i.add_argument("--vehicles", type=Path, help="vehicles.json written by dev-pki")
+    i.add_argument("--policies", type=Path, help="policies.json (list of policy records)")
+    return p
+
+
+def _serve_config(a: argparse.Namespace) -> CloudConfig:
+    files = {
+        "ca_file": a.ca,
+        "cert_file": a.cert,
+        "key_file": a.key,
+        "signing_key_file": a.signing_key,
+    }
+    if a.pki is not None:
+        pki = DevPki(a.pki)
+        defaults = {
+            "ca_file": pki.ca_cert,
+            "cert_file": pki.cloud_cert,
+            "key_file": pki.cloud_key,
+            "signing_key_file": pki.signing_key,
+        }
+        files = {k: v or defaults[k] for k, v in files.items()}
+    missing = [k for k, v in files.items() if v is None]
+    if missing:
+        raise SystemExit(
+            f"ctpl-cloud serve: give --pki or all of --ca --cert --key --signing-key "
+            f"(missing {', '.join(missing)})"
+        )
+    return CloudConfig.model_validate(
+        {
+            **files,
+            "db_path": a.db,
+            "broker_host": a.broker_host,
+            "broker_port": a.broker_port,
+            "client_id": a.client_id,
+            "fresh_for_s": a.fresh_for,
+        }
+    )
+
+
+async def _import(a: argparse.Namespace) -> None:
+    from .fleet_file import import_files
+    from .store import Store
+
+    store = await Store.open(a.db)
+    async with store:
+        nv, np = await import_files(store, a.vehicles, a.policies)
+    print(f"imported {nv} vehicles and {np} policies into {a.db}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of ``ctpl-cloud``; returns the exit code."""
+    a = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if getattr(a, "verbose", False) else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if a.command == "dev-pki":
+            pki = write_dev_pki(a.out, a.cars)
+            print(f"wrote a dev PKI with {a.cars} cars to {pki.root}")
+        elif a.command == "import":
+            asyncio.run(_import(a))
+        else:
+            from .worker import Worker
+
+            worker = Worker(_serve_config(a))
+            with contextlib.suppress(KeyboardInterrupt):
+                asyncio.run(worker.run())
+    except CloudError as exc:
+        print(f"ctpl-cloud: {exc}", file=sys.stderr)
+        return 1
+    return 0

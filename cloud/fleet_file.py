@@ -1,0 +1,78 @@
+"""Import files: the vehicles a dev PKI issued, and policies to seed the store with."""
+
+import json
+from datetime import date
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from agent.protocol.keys import load_public_key
+from agent.protocol.messages import Vid
+
+from .errors import FleetFileError
+from .policy import PolicyRecord
+from .store import Store
+
+T = TypeVar("T")
+
+
+class VehicleEntry(BaseModel):
+    """One line of vehicles.json."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vid: Vid
+    vin: str = Field(pattern=r"^[A-HJ-NPR-Z0-9]{17}$")
+    cert: Path
+
+
+class PolicyEntry(BaseModel):
+    """One line of policies.json."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vid: Vid
+    insurer_code: str = Field(min_length=1, max_length=64)
+    insurer_name: str = Field(min_length=1, max_length=64)
+    policy_no_masked: str = Field(pattern=r"^[A-Z0-9*]{4,32}$")
+    coverage_start: date
+    coverage_end: date
+    source: str = Field(min_length=1, max_length=64)
+    verified_at: AwareDatetime
+
+    def record(self) -> PolicyRecord:
+        """As the store's record."""
+        return PolicyRecord(**self.model_dump())
+
+
+def _load(path: Path, adapter: TypeAdapter[list[T]]) -> list[T]:
+    try:
+        return adapter.validate_python(json.loads(path.read_text()))
+    except OSError as exc:
+        raise FleetFileError(path, f"cannot read: {exc.strerror}") from exc
+    except ValueError as exc:  # JSONDecodeError and ValidationError
+        detail = exc.errors()[0] if isinstance(exc, ValidationError) else None
+        reason = f"{'.'.join(map(str, detail['loc']))}: {detail['msg']}" if detail else str(exc)
+        raise FleetFileError(path, reason) from exc
+
+
+async def import_files(
+    store: Store, vehicles: Path | None, policies: Path | None
+) -> tuple[int, int]:
+    """Register vehicles (with their certificates' keys) and upsert policies; return the counts."""
+    nv = np = 0
+    if vehicles is not None:
+        for v in _load(vehicles, TypeAdapter(list[VehicleEntry])):
+            cert = v.cert if v.cert.is_absolute() else vehicles.parent / v.cert
+            try:
+                key = load_public_key(cert.read_bytes())
+            except (OSError, ValueError) as exc:
+                raise FleetFileError(vehicles, f"{v.vid}: certificate {cert}: {exc}") from exc
+            await store.add_vehicle(v.vid, key, v.vin)
+            nv += 1
+    if policies is not None:
+        for p in _load(policies, TypeAdapter(list[PolicyEntry])):
+            await store.put_policy(p.record())
+            np += 1
+    return nv, np

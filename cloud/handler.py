@@ -1,0 +1,151 @@
+"""The request handler: the worker's pure core.
+
+Takes one received (topic, payload) and the current instant, checks it, and returns
+the reply to publish. It holds every vehicle's counters in memory; ``dirty`` names
+the vehicles whose counters changed since the caller last saved them. No I/O.
+
+Checks, in order: topic shape → registered vehicle → envelope form → key id →
+signature over the exact bytes → body schema → body vid = topic vid → body type
+fits the topic → ``seq`` grows. The first failure becomes an ``error`` reply.
+"""
+
+import hashlib
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from agent.protocol import envelope, messages, topics
+from agent.protocol.errors import ProtocolError
+from agent.protocol.keys import PublicKey
+
+from .policy import PolicyRecord, StateContent, content_of
+
+
+@dataclass(slots=True)
+class VehicleState:
+    """What the cloud keeps per vehicle between requests."""
+
+    kid: str
+    key: PublicKey
+    last_seq: int = 0
+    """Highest request ``seq`` accepted from the car."""
+    down_seq: int = 0
+    """Highest ``seq`` the cloud has used towards the car."""
+    version: int = 0
+    """Version of the last policy.state issued; grows when its content changes."""
+    content_key: str = ""
+    """Digest of that version's content."""
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A body to seal and publish on ``topic``."""
+
+    topic: str
+    body: messages.PolicyState | messages.ErrorReply
+    retain: bool
+
+
+class Rejected(Exception):
+    """A request that gets an ``error`` reply (internal to the handler)."""
+
+    def __init__(self, code: str, message: str, reply_to: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.reply_to = reply_to
+
+
+def _content_key(content: StateContent) -> str:
+    return hashlib.sha256(repr(content).encode()).hexdigest()[:32]
+
+
+@dataclass
+class RequestHandler:
+    """Decides the reply to each request; see the module docstring for the checks."""
+
+    vehicles: dict[str, VehicleState]
+    policies: dict[str, PolicyRecord]
+    fresh_for: timedelta = timedelta(days=1)
+    expiring_within_days: int = 30
+    dirty: set[str] = field(default_factory=set)
+    counters: Counter[str] = field(default_factory=Counter)
+
+    def handle(self, topic: str, payload: bytes, now: datetime) -> Reply | None:
+        """The reply to one request, or None when there is nowhere to send one."""
+        try:
+            parsed = topics.parse(topic)
+        except ProtocolError:
+            self.counters["rejected.bad_topic"] += 1
+            return None
+        vehicle = self.vehicles.get(parsed.vid)
+        if parsed.direction != "up" or vehicle is None:
+            self.counters[
+                "rejected.unknown_vehicle" if vehicle is None else "rejected.bad_topic"
+            ] += 1
+            return None
+        try:
+            reply = self._accept(parsed, vehicle, topic, payload, now)
+        except Rejected as rej:
+            self.counters[f"rejected.{rej.code}"] += 1
+            return self._error(parsed.vid, vehicle, rej, now)
+        self.counters["accepted"] += 1
+        return reply
+
+    def _accept(
+        self, parsed: topics.Topic, vehicle: VehicleState, topic: str, payload: bytes, now: datetime
+    ) -> Reply:
+        try:
+            env = envelope.parse(payload)
+            if env.kid != vehicle.kid:
+                raise Rejected("unknown_key", "envelope kid is not this vehicle's key")
+            body = messages.decode(env.verify(topic, vehicle.key))
+        except ProtocolError as exc:
+            raise Rejected(exc.code, str(exc)) from exc
+        if body.vid != parsed.vid:
+            raise Rejected("vid_mismatch", "body vid differs from topic vid", body.seq)
+        if not isinstance(body, messages.StatusRequest) or parsed.kind != "status":
+            raise Rejected(
+                "unsupported_type", f"{body.type} is not served on {parsed.kind}", body.seq
+            )
+        if body.seq <= vehicle.last_seq:
+            raise Rejected("replay", f"seq {body.seq} is not above {vehicle.last_seq}", body.seq)
+        vehicle.last_seq = body.seq
+        return self._state(parsed.vid, vehicle, now, reply_to=body.seq)
+
+    def _state(self, vid: str, vehicle: VehicleState, now: datetime, reply_to: int | None) -> Reply:
+        content = content_of(self.policies.get(vid), now, self.expiring_within_days)
+        key = _content_key(content)
+        if key != vehicle.content_key:
+            vehicle.version += 1
+            vehicle.content_key = key
+        vehicle.down_seq += 1
+        self.dirty.add(vid)
+        body = messages.PolicyState(
+            vid=vid,
+            seq=vehicle.down_seq,
+            version=vehicle.version,
+            issued_at=now,
+            fresh_until=now + self.fresh_for,
+            reply_to=reply_to,
+            status=content.status,  # type: ignore[arg-type]
+            insurer_code=content.insurer_code,
+            insurer_name=content.insurer_name,
+            policy_no_masked=content.policy_no_masked,
+            coverage_start=content.coverage_start,
+            coverage_end=content.coverage_end,
+            source=content.source,
+            verified_at=content.verified_at,
+        )
+        return Reply(topics.down(vid, "policy"), body, retain=True)
+
+    def _error(self, vid: str, vehicle: VehicleState, rej: Rejected, now: datetime) -> Reply:
+        vehicle.down_seq += 1
+        self.dirty.add(vid)
+        body = messages.ErrorReply(
+            vid=vid,
+            seq=vehicle.down_seq,
+            reply_to=rej.reply_to,
+            code=rej.code,
+            message=str(rej)[:256],
+        )
+        return Reply(topics.down(vid, "error"), body, retain=False)

@@ -1,0 +1,165 @@
+"""The cloud request worker: the asyncio shell around RequestHandler.
+
+Requests arrive through the shared subscription and queue in memory. One flush at a
+time takes everything queued, runs it through the handler, writes the changed
+counters in one transaction (group commit), and only then publishes the replies:
+a reply is never sent for a ``seq`` the store could forget.
+"""
+
+import asyncio
+import logging
+import random
+from collections import Counter
+from dataclasses import replace
+from datetime import timedelta
+
+from agent.protocol import messages, topics
+from agent.protocol.clock import Clock, SystemClock
+from agent.protocol.envelope import Signer
+from agent.protocol.keys import load_private_key
+
+from .config import CloudConfig
+from .errors import LinkError, StoreError
+from .handler import Reply, RequestHandler, VehicleState
+from .link import MqttLink, tls_context
+from .store import Store
+
+log = logging.getLogger(__name__)
+RECONNECT_CAP_S = 30.0
+
+
+class Worker:
+    """One cloud worker process's request loop; ``run()`` until cancelled."""
+
+    def __init__(self, config: CloudConfig, clock: Clock | None = None) -> None:
+        self.config = config
+        self.clock = clock or SystemClock()
+        self.ready = asyncio.Event()
+        self.counters: Counter[str] = Counter()
+        self._signer = Signer(load_private_key(config.signing_key_file))
+        self._inbox: list[tuple[str, bytes]] = []
+        self._wake = asyncio.Event()
+        self.handler: RequestHandler | None = None
+
+    def _receive(self, topic: str, payload: bytes) -> None:
+        self._inbox.append((topic, payload))
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Load the store, connect, and serve requests until cancelled."""
+        store = await Store.open(self.config.db_path)
+        try:
+            self.handler = RequestHandler(
+                vehicles=await store.load_vehicles(),
+                policies=await store.load_policies(),
+                fresh_for=timedelta(seconds=self.config.fresh_for_s),
+                expiring_within_days=self.config.expiring_within_days,
+            )
+            log.info("loaded %d vehicles", len(self.handler.vehicles))
+            link = MqttLink(
+                client_id=self.config.client_id,
+                tls=tls_context(self.config.ca_file, self.config.cert_file, self.config.key_file),
+                on_message=self._receive,
+                subscriptions=(topics.CLOUD_SHARED_SUBSCRIPTION,),
+                # A clean session: a worker that is gone must not stay in the share
+                # group, or the broker would keep queueing its share of requests.
+                clean_start=True,
+                session_expiry_s=0,
+                keepalive_s=self.config.keepalive_s,
+            )
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._flush_loop(store, link), name="cloud-flush")
+                tg.create_task(self._connection_loop(link), name="cloud-connection")
+        finally:
+            await store.close()
+
+    async def _connection_loop(self, link: MqttLink) -> None:
+        attempt = 0
+        try:
+            while True:
+                try:
+                    await link.connect(self.config.broker_host, self.config.broker_port)
+                except LinkError as exc:
+                    attempt += 1
+                    delay = random.uniform(0, min(RECONNECT_CAP_S, 0.5 * 2**attempt))  # noqa: S311
+                    log.warning("broker link: %s; retrying in %.1f s", exc, delay)
+                    await asyncio.sleep(delay)
+                    continue
+                attempt = 0
+                log.info("connected to %s:%d", self.config.broker_host, self.config.broker_port)
+                self.ready.set()
+                await link.wait_disconnected()
+                self.ready.clear()
+                self.counters["link.lost"] += 1
+                log.warning("broker link lost")
+        finally:
+            await link.close()
+
+    async def _flush_loop(self, store: Store, link: MqttLink) -> None:
+        """Handle queued requests batch by batch; commit each batch, then publish its replies.
+
+        Batch N+1 is handled while batch N's commit is under way; commits run in order
+        on the store's one connection, and each batch's replies wait for their own commit.
+        """
+        assert self.handler is not None
+        handler = self.handler
+        previous: asyncio.Task[None] | None = None
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                batch, self._inbox = self._inbox, []
+                if not batch:
+                    continue
+                replies = self._handle_batch(handler, batch)
+                dirty, handler.dirty = handler.dirty, set()
+                rows = [(vid, replace(handler.vehicles[vid])) for vid in dirty]
+                previous = asyncio.create_task(
+                    self._commit_then_publish(store, link, rows, replies, previous),
+                    name="cloud-commit",
+                )
+                # Let the commit start, and give the link a turn to read more requests.
+                await asyncio.sleep(0)
+        finally:
+            if previous is not None:
+                await asyncio.wait([previous], timeout=5.0)
+
+    def _handle_batch(self, handler: RequestHandler, batch: list[tuple[str, bytes]]) -> list[Reply]:
+        now = self.clock.now()
+        replies: list[Reply] = []
+        for topic, payload in batch:
+            try:
+                reply = handler.handle(topic, payload, now)
+            except Exception:  # never let one request take the worker down
+                log.exception("handler failed on a request")
+                self.counters["internal_error"] += 1
+                continue
+            if reply is not None:
+                replies.append(reply)
+        return replies
+
+    async def _commit_then_publish(
+        self,
+        store: Store,
+        link: MqttLink,
+        rows: list[tuple[str, VehicleState]],
+        replies: list[Reply],
+        previous: "asyncio.Task[None] | None",
+    ) -> None:
+        saved = True
+        if rows:
+            try:
+                await store.save_counters(rows)
+            except StoreError:
+                log.exception("cannot persist counters; dropping %d replies", len(replies))
+                self.counters["store_error"] += 1
+                saved = False
+        if previous is not None:
+            await previous  # publish in batch order
+        if not saved:
+            return
+        for reply in replies:
+            body = messages.encode(reply.body)
+            link.publish(reply.topic, self._signer.seal(reply.topic, body), retain=reply.retain)
+        self.counters["batches"] += 1
+        self.counters["replies"] += len(replies)

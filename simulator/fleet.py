@@ -1,0 +1,44 @@
+"""A synthetic fleet's policies: varied end dates so every status shows up in a demo."""
+
+from datetime import date, datetime, timedelta
+from typing import Final
+
+from agent.protocol import calendar
+
+INSURERS: Final = (("PICC", "中国人保财险"), ("PINGAN", "平安产险"), ("CPIC", "太平洋产险"))
+# Days until the end date, cycled over the fleet: mostly covered, some in every
+# reminder stage, one lapsed; every tenth car has no policy on record.
+_DAYS_LEFT: Final = (200, 120, 45, 29, 14, 6, 2, 0, -3, 300)
+
+
+def synthetic_policies(vids: list[str], now: datetime) -> list[dict[str, str]]:
+    """Policy records for ``vids`` (the 10th, 20th … have none), as policies.json rows."""
+    today = calendar.china_date(now)
+    rows = []
+    for i, vid in enumerate(vids):
+        if i % 10 == 9:
+            continue
+        end = today + timedelta(days=_DAYS_LEFT[i % len(_DAYS_LEFT)])
+        start = _year_before(end)
+        code, name = INSURERS[i % len(INSURERS)]
+        rows.append(
+            {
+                "vid": vid,
+                "insurer_code": code,
+                "insurer_name": name,
+                "policy_no_masked": f"PDZA{start.year}****{i % 10000:04d}",
+                "coverage_start": start.isoformat(),
+                "coverage_end": end.isoformat(),
+                "source": "national",
+                "verified_at": now.isoformat(),
+            }
+        )
+    return rows
+
+
+def _year_before(end: date) -> date:
+    """The start of the one-year term that ends on ``end``."""
+    try:
+        return end.replace(year=end.year - 1) + timedelta(days=1)
+    except ValueError:  # 29 Feb
+        return date(end.year - 1, 3, 1)

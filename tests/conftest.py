@@ -1,0 +1,27 @@
+"""Fixtures shared by every test area: a dev PKI and a real Mosquitto from broker-config/."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from cloud.pki import DevPki, write_dev_pki
+from simulator.broker import Mosquitto
+
+SHARED_CARS = 12
+
+
+@pytest.fixture(scope="session")
+def shared_pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
+    """One dev PKI with SHARED_CARS cars for the whole run."""
+    return write_dev_pki(tmp_path_factory.mktemp("pki"), SHARED_CARS)
+
+
+@pytest.fixture(scope="session")
+def shared_broker(
+    shared_pki: DevPki, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Mosquitto]:
+    """Mosquitto started from broker-config/ (mTLS, real ACL) on a free port, for the whole run."""
+    broker = Mosquitto(shared_pki, Path(tmp_path_factory.mktemp("broker"))).start()
+    yield broker
+    broker.stop()
