@@ -12,9 +12,9 @@ fits the topic → ``seq`` grows. The first failure becomes an ``error`` reply.
 import hashlib
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 
-from agent.protocol import envelope, messages, topics
+from agent.protocol import calendar, envelope, messages, topics
 from agent.protocol.errors import ProtocolError
 from agent.protocol.keys import PublicKey
 
@@ -69,6 +69,10 @@ class RequestHandler:
     expiring_within_days: int = 30
     dirty: set[str] = field(default_factory=set)
     counters: Counter[str] = field(default_factory=Counter)
+    _contents: dict[str, tuple[date, PolicyRecord | None, StateContent, str]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+    """Per vid: the content told on a China date for a record, and its digest."""
 
     def handle(self, topic: str, payload: bytes, now: datetime) -> Reply | None:
         """The reply to one request, or None when there is nowhere to send one."""
@@ -113,8 +117,7 @@ class RequestHandler:
         return self._state(parsed.vid, vehicle, now, reply_to=body.seq)
 
     def _state(self, vid: str, vehicle: VehicleState, now: datetime, reply_to: int | None) -> Reply:
-        content = content_of(self.policies.get(vid), now, self.expiring_within_days)
-        key = _content_key(content)
+        content, key = self._content(vid, now)
         if key != vehicle.content_key:
             vehicle.version += 1
             vehicle.content_key = key
@@ -137,6 +140,18 @@ class RequestHandler:
             verified_at=content.verified_at,
         )
         return Reply(topics.down(vid, "policy"), body, retain=True)
+
+    def _content(self, vid: str, now: datetime) -> tuple[StateContent, str]:
+        # A status changes only at 24:00 China time, so content is cached per China date.
+        today = calendar.china_date(now)
+        record = self.policies.get(vid)
+        cached = self._contents.get(vid)
+        if cached is not None and cached[0] == today and cached[1] is record:
+            return cached[2], cached[3]
+        content = content_of(record, now, self.expiring_within_days)
+        key = _content_key(content)
+        self._contents[vid] = (today, record, content, key)
+        return content, key
 
     def _error(self, vid: str, vehicle: VehicleState, rej: Rejected, now: datetime) -> Reply:
         vehicle.down_seq += 1

@@ -64,7 +64,6 @@ class Worker:
                 # A clean session: a worker that is gone must not stay in the share
                 # group, or the broker would keep queueing its share of requests.
                 clean_start=True,
-                session_expiry_s=0,
                 keepalive_s=self.config.keepalive_s,
             )
             async with asyncio.TaskGroup() as tg:

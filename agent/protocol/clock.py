@@ -41,7 +41,9 @@ class ManualClock:
         return self._mono
 
     def advance(self, seconds: float) -> None:
-        """Move both clocks forward by ``seconds``."""
+        """Move both clocks forward by ``seconds`` (never backward: monotonic time cannot)."""
+        if seconds < 0:
+            raise ValueError("a monotonic clock cannot go back; use set_wall for wall jumps")
         self._now += timedelta(seconds=seconds)
         self._mono += seconds
 

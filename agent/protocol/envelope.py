@@ -76,14 +76,21 @@ def _b64decode(text: object, what: str) -> bytes:
     return raw
 
 
+def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate key")  # one envelope, one meaning
+    return obj
+
+
 def parse(data: bytes) -> Envelope:
     """Check an envelope's form (size, fields, encodings); raise EnvelopeError if bad."""
     if len(data) > MAX_ENVELOPE_BYTES:
         raise EnvelopeError(f"envelope of {len(data)} bytes exceeds {MAX_ENVELOPE_BYTES}")
     try:
-        obj = json.loads(data)
+        obj = json.loads(data, object_pairs_hook=_no_duplicates)
     except (ValueError, UnicodeDecodeError) as exc:
-        raise EnvelopeError("envelope is not JSON") from exc
+        raise EnvelopeError(f"envelope is not valid JSON: {exc}") from exc
     if not isinstance(obj, dict) or obj.keys() != _FIELDS:
         raise EnvelopeError("envelope must have exactly v, alg, kid, body, sig")
     # Exactly the integer 1: JSON 1.0 and true compare equal to 1 in Python.

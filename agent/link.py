@@ -1,0 +1,160 @@
+"""The car's MQTT link: one MQTT v5 session over mutual TLS, QoS 1, with presence and a will.
+
+The only module that imports aiomqtt/paho; their errors become LinkError here.
+The session is persistent (clean_start False, a session expiry interval), so the
+broker queues the car's down messages while it is away.
+"""
+
+import asyncio
+import logging
+import math
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Final
+
+import aiomqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+from .config import AgentConfig
+from .errors import ConfigError, LinkError
+from .protocol import topics
+
+QOS: Final = 1
+ONLINE: Final = b"online"
+OFFLINE: Final = b"offline"
+_NODELAY: Final = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """One message as it came off the wire."""
+
+    topic: str
+    payload: bytes
+    retained: bool
+
+
+def tls_context(config: AgentConfig) -> ssl.SSLContext:
+    """A client TLS context: TLS 1.2 or newer, the device CA only, the car's certificate."""
+    try:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(config.ca_file))
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(config.cert_file), str(config.key_file))
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError(f"cannot set up TLS: {exc}") from exc
+    return ctx
+
+
+def _client(config: AgentConfig, tls: ssl.SSLContext) -> aiomqtt.Client:
+    props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+    props.SessionExpiryInterval = config.session_expiry_s
+    return aiomqtt.Client(
+        config.broker_host,
+        config.broker_port,
+        identifier=config.vid,
+        protocol=aiomqtt.ProtocolVersion.V5,
+        will=aiomqtt.Will(topics.presence(config.vid), OFFLINE, qos=QOS, retain=True),
+        clean_start=False,
+        properties=props,
+        keepalive=config.keepalive_s,
+        # aiomqtt's own timeouts use asyncio.wait_for, which on Python 3.11 can swallow a
+        # cancellation that races the result (gh-86296) and leave a task running after its
+        # TaskGroup ended. Every wait is bounded here with asyncio.timeout instead.
+        timeout=math.inf,
+        tls_context=tls,
+        # paho leaves Nagle on; QoS 1 request/response then waits on delayed ACKs.
+        socket_options=[_NODELAY],
+    )
+
+
+class Link:
+    """A connected session; get one from ``open_link``."""
+
+    def __init__(self, client: aiomqtt.Client, config: AgentConfig) -> None:
+        self._client = client
+        self._config = config
+
+    async def subscribe(self, topic_filter: str) -> None:
+        """Subscribe at QoS 1; raise LinkError if the broker refuses."""
+        try:
+            async with asyncio.timeout(self._config.operation_timeout_s):
+                granted = await self._client.subscribe(topic_filter, qos=QOS)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            raise LinkError(f"subscribe {topic_filter}: {exc!r}", reason="subscribe") from exc
+        codes = [g.value if isinstance(g, ReasonCode) else int(g) for g in granted]
+        if any(code >= 0x80 for code in codes):
+            raise LinkError(f"subscribe {topic_filter} refused: {codes}", reason="subscribe")
+
+    async def publish(self, topic: str, payload: bytes, *, retain: bool = False) -> None:
+        """Publish at QoS 1 and wait for the broker's PUBACK; raise LinkError."""
+        try:
+            async with asyncio.timeout(self._config.operation_timeout_s):
+                await self._client.publish(topic, payload, qos=QOS, retain=retain)
+        except (aiomqtt.MqttError, TimeoutError) as exc:
+            raise LinkError(f"publish {topic}: {exc!r}", reason="publish") from exc
+
+    async def messages(self) -> AsyncIterator[Received]:
+        """Incoming messages until the link drops (then LinkError)."""
+        try:
+            async for msg in self._client.messages:
+                payload = msg.payload
+                if not isinstance(payload, bytes | bytearray):
+                    payload = str(payload).encode("utf-8")
+                yield Received(msg.topic.value, bytes(payload), bool(msg.retain))
+        except aiomqtt.MqttError as exc:
+            raise LinkError(f"link dropped: {exc}", reason="dropped") from exc
+
+    def tcp_nodelay(self) -> bool:
+        """Whether the connection's socket has Nagle's algorithm off."""
+        # aiomqtt does not expose the socket; paho does.
+        sock = self._client._client.socket()
+        if not isinstance(sock, socket.socket):
+            return False
+        return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+
+@asynccontextmanager
+async def open_link(config: AgentConfig, tls: ssl.SSLContext) -> AsyncIterator[Link]:
+    """Connect and announce retained ``online``; on a clean exit announce ``offline``."""
+    client = _client(config, tls)
+    where = f"{config.broker_host}:{config.broker_port}"
+    try:
+        # paho bounds TCP and TLS by itself; this bounds them and the CONNACK together.
+        async with asyncio.timeout(config.operation_timeout_s + config.keepalive_s):
+            await client.__aenter__()
+    except aiomqtt.MqttError as exc:
+        raise LinkError(f"connect to {where}: {exc}", reason="connect") from exc
+    except (OSError, TimeoutError) as exc:
+        # A CONNACK that never came leaves paho's socket open on our loop: close it.
+        client._client.disconnect()
+        raise LinkError(f"connect to {where}: {exc!r}", reason="connect") from exc
+    link = Link(client, config)
+    presence = topics.presence(config.vid)
+    clean = False
+    try:
+        await link.publish(presence, ONLINE, retain=True)
+        yield link
+        clean = True
+    finally:
+        await _close(client, link, presence, clean=clean, timeout_s=config.operation_timeout_s)
+
+
+async def _close(
+    client: aiomqtt.Client, link: Link, presence: str, *, clean: bool, timeout_s: float
+) -> None:
+    if clean:
+        try:
+            await link.publish(presence, OFFLINE, retain=True)
+        except LinkError as exc:
+            log.info("could not announce offline: %s", exc)
+    try:
+        async with asyncio.timeout(timeout_s):
+            await client.__aexit__(None, None, None)
+    except (aiomqtt.MqttError, TimeoutError) as exc:
+        log.info("disconnect was not clean: %r", exc)

@@ -1,0 +1,248 @@
+"""The agent's asyncio shell: link, store and timers around the pure inbox and policy rules.
+
+``Agent.run`` holds one MQTT session at a time and reconnects with capped, jittered
+exponential backoff when it drops. Incoming messages are verified (inbox), judged
+(policy) and stored; nothing that fails on the way changes stored state or stops the agent.
+"""
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections import Counter
+from typing import Final
+
+from . import inbox
+from .backoff import Backoff
+from .config import AgentConfig
+from .errors import AgentError, LinkError, NotConnectedError, StateTimeoutError
+from .keyring import load_pinned_keys, load_signer
+from .link import Link, Received, open_link, tls_context
+from .policy import Accept, Duplicate, Refuse, decide
+from .protocol import messages, topics
+from .protocol.clock import Clock, SystemClock
+from .protocol.messages import ErrorReply, PolicyState, StatusRequest
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+STABLE_S: Final = 60.0
+"""A session that lasted this long resets the reconnect backoff."""
+
+
+class _StopRequested(Exception):
+    """Raised inside the session's TaskGroup to end it cleanly."""
+
+
+class Agent:
+    """One car's agent; run it once with ``run()``, end it with ``stop()``.
+
+    Construction loads the keys and TLS files and raises ConfigError if one is unusable.
+
+    ``counters`` tallies every incoming message's outcome: ``accepted``, ``duplicate``,
+    ``error_reply``, or the reason it was dropped (``bad_signature``, ``rollback``, …);
+    ``link_failures`` tallies lost or failed sessions by LinkError reason.
+    """
+
+    def __init__(
+        self, config: AgentConfig, clock: Clock | None = None, *, rng: random.Random | None = None
+    ) -> None:
+        self.config = config
+        self.counters: Counter[str] = Counter()
+        self.link_failures: Counter[str] = Counter()
+        self._clock = clock or SystemClock()
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
+        self._signer = load_signer(config.key_file)
+        self._keys = load_pinned_keys(config.cloud_keys)
+        self._tls = tls_context(config)
+        self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
+        self._state: PolicyState | None = None
+        self._last_error: ErrorReply | None = None
+        self._store: Store | None = None
+        self._link: Link | None = None
+        self._started = False
+        self._stopping = asyncio.Event()
+        self._changed = asyncio.Condition()
+
+    @property
+    def state(self) -> PolicyState | None:
+        """The newest policy state verified against the pinned keys during this run."""
+        return self._state
+
+    @property
+    def last_error(self) -> ErrorReply | None:
+        """The last verified error reply received during this run."""
+        return self._last_error
+
+    @property
+    def connected(self) -> bool:
+        """Whether a session with the broker is up right now."""
+        return self._link is not None
+
+    def stop(self) -> None:
+        """Make ``run()`` announce offline, disconnect and return (at once if it has not begun)."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        """Open the store, then connect, sync and serve until ``stop()``; an Agent runs once."""
+        if self._started:
+            raise AgentError("an Agent runs once; make a new one")
+        self._started = True
+        async with Store(self.config.db_path) as store:
+            self._store = store
+            try:
+                await self._load_stored(store)
+                await self._stay_connected(store)
+            finally:
+                self._store = None
+
+    async def wait_for_state(
+        self, timeout_s: float, *, min_version: int = 1, min_seq: int = 1
+    ) -> PolicyState:
+        """The verified state once its version and cloud seq reach the minimums; at once if held.
+
+        A state counts once verified in this run: the stored record re-verified at
+        start, or one accepted since. Raise StateTimeoutError after ``timeout_s``.
+        """
+
+        def ready() -> bool:
+            held = self._state
+            return held is not None and held.version >= min_version and held.seq >= min_seq
+
+        try:
+            async with asyncio.timeout(timeout_s), self._changed:
+                await self._changed.wait_for(ready)
+        except TimeoutError:
+            raise StateTimeoutError(timeout_s) from None
+        assert self._state is not None
+        return self._state
+
+    async def request_status(self) -> int:
+        """Publish a signed status request now; return its seq. Raise NotConnectedError."""
+        link, store = self._link, self._store
+        if link is None or store is None:
+            raise NotConnectedError()
+        return await self._send_status(link, store)
+
+    async def _load_stored(self, store: Store) -> None:
+        record = await store.policy()
+        if record is None:
+            return
+        outcome = inbox.read(self.config.vid, self._keys, record.topic, record.envelope)
+        if isinstance(outcome, inbox.Verified) and isinstance(outcome.body, PolicyState):
+            await self._hold(outcome.body)
+            log.info("%s: stored policy state v%d verified", self.config.vid, outcome.body.version)
+        else:
+            self.counters["stored_unverified"] += 1
+            log.warning("%s: stored policy state does not verify; not shown", self.config.vid)
+
+    async def _stay_connected(self, store: Store) -> None:
+        attempt = 0
+        while not self._stopping.is_set():
+            connected_at: float | None = None
+            try:
+                async with open_link(self.config, self._tls) as link:
+                    connected_at = self._clock.monotonic()
+                    await self._serve(link, store)
+            except* LinkError as group:
+                for exc in group.exceptions:
+                    self.link_failures[exc.reason if isinstance(exc, LinkError) else "link"] += 1
+                log.warning("%s: link down: %s", self.config.vid, group.exceptions[0])
+            if self._stopping.is_set():
+                return
+            # Only a session that held resets the backoff: one that is kicked at once
+            # (another client with this id, a revoked cert) must not retry in a tight loop.
+            if connected_at is not None and self._clock.monotonic() - connected_at >= STABLE_S:
+                attempt = 0
+            delay = self._backoff.delay(attempt, self._rng.random())
+            attempt += 1
+            log.info("%s: reconnecting in %.1f s", self.config.vid, delay)
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._stopping.wait()
+
+    async def _serve(self, link: Link, store: Store) -> None:
+        vid = self.config.vid
+        await link.subscribe(topics.down_filter(vid))
+        self._link = link
+        log.info("%s: connected", vid)
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._receive(link, store), name=f"agent-{vid}-receive")
+                tg.create_task(self._report(link, store), name=f"agent-{vid}-status")
+                tg.create_task(self._watch_stop(), name=f"agent-{vid}-stop")
+        except* _StopRequested:
+            log.info("%s: stopping", vid)
+        finally:
+            self._link = None
+
+    async def _watch_stop(self) -> None:
+        await self._stopping.wait()
+        raise _StopRequested
+
+    async def _report(self, link: Link, store: Store) -> None:
+        while True:
+            await self._send_status(link, store)
+            await asyncio.sleep(self.config.status_interval_s)
+
+    async def _send_status(self, link: Link, store: Store) -> int:
+        seq = await store.next_seq()
+        topic = topics.up(self.config.vid, "status")
+        body = messages.encode(StatusRequest(vid=self.config.vid, seq=seq))
+        await link.publish(topic, self._signer.seal(topic, body))
+        log.debug("%s: status.request seq %d sent", self.config.vid, seq)
+        return seq
+
+    async def _receive(self, link: Link, store: Store) -> None:
+        async for received in link.messages():
+            await self._handle(received, store)
+        raise LinkError("message stream ended", reason="dropped")
+
+    async def _handle(self, received: Received, store: Store) -> None:
+        vid = self.config.vid
+        try:
+            outcome = inbox.read(vid, self._keys, received.topic, received.payload)
+        except Exception as exc:  # a bug must not let one bad message stop the car
+            outcome = inbox.Dropped("internal", repr(exc))
+        if isinstance(outcome, inbox.Dropped):
+            self._count_drop(outcome.reason, outcome.detail, received.topic)
+            return
+        body = outcome.body
+        if isinstance(body, ErrorReply):
+            await store.save_error(outcome.topic, outcome.payload, body, self._clock.now())
+            self._last_error = body
+            self.counters["error_reply"] += 1
+            log.warning(
+                "%s: cloud error %s (request %s): %s", vid, body.code, body.reply_to, body.message
+            )
+            return
+        decision = decide(body, self._state, vid)
+        if isinstance(decision, Refuse):
+            self._count_drop(decision.reason, decision.detail, received.topic)
+        elif isinstance(decision, Duplicate):
+            self.counters["duplicate"] += 1
+        elif isinstance(decision, Accept):
+            stored = await store.save_policy(
+                outcome.topic, outcome.payload, decision.state, self._clock.now()
+            )
+            if not stored:
+                self._count_drop("rollback", "older than the stored record", received.topic)
+                return
+            self.counters["accepted"] += 1
+            await self._hold(decision.state)
+            log.info(
+                "%s: policy state v%d seq %d accepted (%s)",
+                vid,
+                body.version,
+                body.seq,
+                body.status,
+            )
+
+    async def _hold(self, state: PolicyState) -> None:
+        self._state = state
+        async with self._changed:
+            self._changed.notify_all()
+
+    def _count_drop(self, reason: str, detail: str, topic: str) -> None:
+        self.counters[reason] += 1
+        log.warning("%s: dropped message on %.128s: %s: %s", self.config.vid, topic, reason, detail)

@@ -1,0 +1,266 @@
+"""The agent's local SQLite store (WAL): outgoing seq, latest accepted policy state, last error.
+
+The only module that imports aiosqlite. Every write commits before its call returns,
+with ``synchronous=FULL``, so a seq handed out is never handed out again after a
+crash or a power cut.
+"""
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final, Self
+
+import aiosqlite
+
+from .errors import StoreError
+from .protocol.messages import ErrorReply, PolicyState
+
+SCHEMA_VERSION: Final = 1
+_SCHEMA: Final = """
+CREATE TABLE IF NOT EXISTS seq_counter (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    last_seq INTEGER NOT NULL CHECK (last_seq >= 0)
+);
+INSERT OR IGNORE INTO seq_counter (id, last_seq) VALUES (1, 0);
+CREATE TABLE IF NOT EXISTS policy_state (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    topic TEXT NOT NULL,
+    envelope BLOB NOT NULL,
+    version INTEGER NOT NULL,
+    seq INTEGER NOT NULL,
+    status TEXT NOT NULL,
+    issued_at TEXT NOT NULL,
+    fresh_until TEXT NOT NULL,
+    stored_at TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS last_error (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    topic TEXT NOT NULL,
+    envelope BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    reply_to INTEGER,
+    code TEXT NOT NULL,
+    message TEXT NOT NULL,
+    received_at TEXT NOT NULL
+);
+"""
+# The store holds its own floor too: an older state never overwrites a newer one.
+_SAVE_POLICY: Final = """
+INSERT INTO policy_state
+    (id, topic, envelope, version, seq, status, issued_at, fresh_until, stored_at)
+VALUES (1, ?, ?, ?, ?, ?, ?, ?, ?)
+ON CONFLICT (id) DO UPDATE SET
+    topic = excluded.topic, envelope = excluded.envelope, version = excluded.version,
+    seq = excluded.seq, status = excluded.status, issued_at = excluded.issued_at,
+    fresh_until = excluded.fresh_until, stored_at = excluded.stored_at
+WHERE excluded.version > policy_state.version
+   OR (excluded.version = policy_state.version AND excluded.seq > policy_state.seq)
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyRecord:
+    """The stored policy state: the exact envelope received plus the fields indexed from it."""
+
+    topic: str
+    envelope: bytes
+    version: int
+    seq: int
+    status: str
+    issued_at: datetime
+    fresh_until: datetime
+    stored_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorRecord:
+    """The last error reply received from the cloud."""
+
+    topic: str
+    envelope: bytes
+    seq: int
+    reply_to: int | None
+    code: str
+    message: str
+    received_at: datetime
+
+
+class Store:
+    """One SQLite file; ``open()``/``close()`` or ``async with``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._db: aiosqlite.Connection | None = None
+
+    async def open(self) -> Self:
+        """Open (creating if needed) the file in WAL mode and apply the schema."""
+        if self._db is not None:
+            return self
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            db = await aiosqlite.connect(self.path, timeout=10.0)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"{self.path}: cannot open: {exc}") from exc
+        self._db = db
+        try:
+            mode = await self._one("PRAGMA journal_mode=WAL")
+            if str(mode[0]).lower() != "wal":
+                raise StoreError(f"{self.path}: WAL mode refused (got {mode[0]})")
+            await db.execute("PRAGMA synchronous=FULL")
+            version = int((await self._one("PRAGMA user_version"))[0])
+            if version > SCHEMA_VERSION:
+                raise StoreError(f"{self.path}: schema {version} is newer than {SCHEMA_VERSION}")
+            await db.executescript(_SCHEMA)
+            await db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            await db.commit()
+        except BaseException as exc:
+            await self.close()
+            if isinstance(exc, sqlite3.Error):
+                raise StoreError(f"{self.path}: cannot set up: {exc}") from exc
+            raise
+        return self
+
+    async def close(self) -> None:
+        """Close the file; a no-op when closed."""
+        db, self._db = self._db, None
+        if db is not None:
+            await db.close()
+
+    async def __aenter__(self) -> Self:
+        return await self.open()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def _conn(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise StoreError(f"{self.path}: store is not open")
+        return self._db
+
+    async def _one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
+        try:
+            async with self._conn().execute(sql, params) as cur:
+                row = await cur.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+        if row is None:
+            raise StoreError(f"{self.path}: no row for {sql.split()[0]}")
+        return tuple(row)
+
+    async def _write(self, sql: str, params: tuple[Any, ...]) -> int:
+        db = self._conn()
+        try:
+            async with db.execute(sql, params) as cur:
+                changed = cur.rowcount
+            await db.commit()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+        return changed
+
+    async def next_seq(self) -> int:
+        """The next outgoing seq, committed before it is returned."""
+        row = await self._one(
+            "UPDATE seq_counter SET last_seq = last_seq + 1 WHERE id = 1 RETURNING last_seq"
+        )
+        try:
+            await self._conn().commit()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+        return int(row[0])
+
+    async def last_seq(self) -> int:
+        """The last seq handed out (0 when none)."""
+        return int((await self._one("SELECT last_seq FROM seq_counter WHERE id = 1"))[0])
+
+    async def save_policy(
+        self, topic: str, envelope: bytes, state: PolicyState, stored_at: datetime
+    ) -> bool:
+        """Store an accepted state; False (and nothing written) unless it is newer than held."""
+        params = (
+            topic,
+            envelope,
+            state.version,
+            state.seq,
+            state.status,
+            state.issued_at.isoformat(),
+            state.fresh_until.isoformat(),
+            stored_at.isoformat(),
+        )
+        return await self._write(_SAVE_POLICY, params) == 1
+
+    async def policy(self) -> PolicyRecord | None:
+        """The stored policy state, or None."""
+        try:
+            async with self._conn().execute(
+                "SELECT topic, envelope, version, seq, status, issued_at, fresh_until, stored_at"
+                " FROM policy_state WHERE id = 1"
+            ) as cur:
+                row = await cur.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+        if row is None:
+            return None
+        topic, env, version, seq, status, issued, fresh, stored = row
+        return PolicyRecord(
+            topic,
+            bytes(env),
+            int(version),
+            int(seq),
+            str(status),
+            datetime.fromisoformat(issued),
+            datetime.fromisoformat(fresh),
+            datetime.fromisoformat(stored),
+        )
+
+    async def save_error(
+        self, topic: str, envelope: bytes, reply: ErrorReply, received_at: datetime
+    ) -> None:
+        """Store ``reply`` as the last error received."""
+        await self._write(
+            "INSERT OR REPLACE INTO last_error"
+            " (id, topic, envelope, seq, reply_to, code, message, received_at)"
+            " VALUES (1, ?, ?, ?, ?, ?, ?, ?)",
+            (
+                topic,
+                envelope,
+                reply.seq,
+                reply.reply_to,
+                reply.code,
+                reply.message,
+                received_at.isoformat(),
+            ),
+        )
+
+    async def last_error(self) -> ErrorRecord | None:
+        """The last error reply received, or None."""
+        try:
+            async with self._conn().execute(
+                "SELECT topic, envelope, seq, reply_to, code, message, received_at"
+                " FROM last_error WHERE id = 1"
+            ) as cur:
+                row = await cur.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+        if row is None:
+            return None
+        topic, env, seq, reply_to, code, message, received = row
+        return ErrorRecord(
+            str(topic),
+            bytes(env),
+            int(seq),
+            None if reply_to is None else int(reply_to),
+            str(code),
+            str(message),
+            datetime.fromisoformat(received),
+        )
+
+    async def integrity_check(self) -> str:
+        """SQLite's verdict on the file: ``"ok"`` when sound."""
+        return str((await self._one("PRAGMA integrity_check"))[0])

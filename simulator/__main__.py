@@ -1,0 +1,7 @@
+"""``python -m simulator`` is ``ctpl-sim``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

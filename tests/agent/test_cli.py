@@ -1,0 +1,198 @@
+"""``ctpl-agent status``: re-verify the stored record before showing anything."""
+
+import asyncio
+import base64
+import json
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.cli import main
+from agent.protocol import messages, topics
+from agent.protocol.envelope import Signer
+from agent.protocol.keys import PrivateKey, b64url, generate_private_key, public_pem
+from agent.protocol.messages import PolicyState
+from agent.store import Store
+
+VID = "vaaaaaaaaaaaaaaa1"
+TOPIC = topics.down(VID, "policy")
+NOW = "2025-06-01T12:00:00+08:00"
+
+
+@pytest.fixture
+def cloud_key() -> PrivateKey:
+    """The cloud's message-signing key, made for the test."""
+    return generate_private_key()
+
+
+@pytest.fixture
+def signer(cloud_key: PrivateKey) -> Signer:
+    return Signer(cloud_key)
+
+
+@pytest.fixture
+def cloud_pub(tmp_path: Path, cloud_key: PrivateKey) -> Path:
+    """The pinned copy of the cloud's public key."""
+    path = tmp_path / "cloud-signing.pub"
+    path.write_bytes(public_pem(cloud_key.public_key()))
+    return path
+
+
+def seed(db: Path, envelope: bytes, state: PolicyState) -> None:
+    async def write() -> None:
+        async with asyncio.timeout(5), Store(db) as store:
+            await store.save_policy(TOPIC, envelope, state, state.issued_at)
+
+    asyncio.run(write())
+
+
+@pytest.fixture
+def db(tmp_path: Path, signer: Signer, make_state: Any) -> Path:
+    """A store holding a cloud-signed state for VID (version 2, active)."""
+    path = tmp_path / "agent.db"
+    state = make_state(VID, version=2, seq=7)
+    seed(path, signer.seal(TOPIC, messages.encode(state)), state)
+    return path
+
+
+def status(db: Path, key: Path, *extra: str) -> int:
+    return main(["status", "--db", str(db), "--cloud-key", str(key), "--now", NOW, *extra])
+
+
+def test_verified_state_is_shown(db: Path, cloud_pub: Path, capsys: Any) -> None:
+    assert status(db, cloud_pub) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "status: active"
+    assert "insurer: PICC P&C (PICC)" in lines
+    assert "policy no: PDZA****1234" in lines
+    assert "coverage: 2024-12-01 to 2025-11-30 24:00 China time" in lines
+    assert "days left: 182" in lines
+    assert "version: 2" in lines
+    assert "fresh until: 2025-06-08T04:00:00+00:00" in lines
+
+
+def test_json(db: Path, cloud_pub: Path, capsys: Any) -> None:
+    assert status(db, cloud_pub, "--json", "--vid", VID) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["verified"] is True
+    assert (shown["status"], shown["days_left"], shown["coverage_end"]) == (
+        "active",
+        182,
+        "2025-11-30",
+    )
+
+
+def tamper(db: Path) -> None:
+    """Turn the stored 'active' into 'lapsed' and keep the cloud's signature."""
+    with closing(sqlite3.connect(db)) as conn:
+        (raw,) = conn.execute("SELECT envelope FROM policy_state").fetchone()
+        env = json.loads(raw)
+        body = base64.urlsafe_b64decode(env["body"] + "=" * (-len(env["body"]) % 4))
+        env["body"] = b64url(body.replace(b'"active"', b'"lapsed"'))
+        conn.execute("UPDATE policy_state SET envelope = ?", (json.dumps(env).encode(),))
+        conn.commit()
+
+
+def test_tampered_record_is_unverified(db: Path, cloud_pub: Path, capsys: Any) -> None:
+    tamper(db)
+    assert status(db, cloud_pub) == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[0] == "status unverified"
+    assert "lapsed" not in out and "active" not in out
+
+
+def test_record_signed_by_another_key_is_unverified(db: Path, tmp_path: Path, capsys: Any) -> None:
+    other = tmp_path / "other.pub"
+    other.write_bytes(public_pem(generate_private_key().public_key()))
+    assert status(db, other, "--json") == 1
+    with closing(sqlite3.connect(db)) as conn:
+        (raw,) = conn.execute("SELECT envelope FROM policy_state").fetchone()
+    kid = json.loads(raw)["kid"]
+    assert json.loads(capsys.readouterr().out) == {
+        "verified": False,
+        "reason": f"stored record does not verify: unknown_key: unknown kid {kid!r}",
+    }
+
+
+def test_record_past_fresh_until_is_unverified(db: Path, cloud_pub: Path, capsys: Any) -> None:
+    assert (
+        main(
+            [
+                "status",
+                "--db",
+                str(db),
+                "--cloud-key",
+                str(cloud_pub),
+                "--now",
+                "2025-06-08T04:00:01+00:00",
+            ]
+        )
+        == 1
+    )
+    out = capsys.readouterr().out
+    assert out.startswith("status unverified\nreason: record is past fresh_until")
+
+
+def test_record_for_another_vid_is_unverified(db: Path, cloud_pub: Path, capsys: Any) -> None:
+    assert status(db, cloud_pub, "--vid", "vbbbbbbbbbbbbbbb2") == 1
+    assert capsys.readouterr().out.startswith("status unverified")
+
+
+def test_missing_store_is_unverified_and_not_created(
+    tmp_path: Path, cloud_pub: Path, capsys: Any
+) -> None:
+    missing = tmp_path / "none.db"
+    assert status(missing, cloud_pub) == 1
+    assert capsys.readouterr().out.startswith("status unverified")
+    assert not missing.exists()
+
+
+def test_empty_store_is_unverified(tmp_path: Path, cloud_pub: Path, capsys: Any) -> None:
+    empty = tmp_path / "empty.db"
+
+    async def create() -> None:
+        async with asyncio.timeout(5), Store(empty):
+            pass
+
+    asyncio.run(create())
+    assert status(empty, cloud_pub) == 1
+    assert "no policy state is stored" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["status"],
+        ["status", "--db", "x.db"],
+        ["status", "--db", "x.db", "--cloud-key", "k.pem", "--now", "2025-06-01T12:00:00"],
+        ["fly"],
+    ],
+)
+def test_usage_errors_exit_2(argv: list[str], capsys: Any) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+
+
+def test_unreadable_cloud_key_exits_2(db: Path, tmp_path: Path, capsys: Any) -> None:
+    assert status(db, tmp_path / "no-such.pub") == 2
+    assert "cannot load a pinned cloud key" in capsys.readouterr().err
+
+
+def test_run_with_bad_config_exits_2(tmp_path: Path, capsys: Any) -> None:
+    config = tmp_path / "agent.toml"
+    config.write_text('vid = "NOT-A-VID"\n')
+    assert main(["run", "--config", str(config)]) == 2
+    assert "invalid config" in capsys.readouterr().err
+
+
+def test_help_mentions_both_commands(capsys: Any) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "run" in out and "status" in out

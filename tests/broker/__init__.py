@@ -1,0 +1,1 @@
+"""Tests against a real Mosquitto started from broker-config/ with mTLS and the real ACL."""

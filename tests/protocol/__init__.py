@@ -1,0 +1,1 @@
+"""Tests of the contract package agent.protocol: pure, table-style, no I/O."""
