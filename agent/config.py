@@ -29,6 +29,8 @@ class AgentConfig(BaseModel):
     broker_port: Annotated[int, Field(ge=1, le=65535)] = 8883
     db_path: Path
     status_interval_s: Annotated[float, Field(gt=0)] = 3600.0
+    reply_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    """How long to wait for the answer to a status request before asking again."""
     keepalive_s: Annotated[int, Field(ge=5, le=300)] = 60
     session_expiry_s: Annotated[int, Field(ge=0, le=2**32 - 1)] = 30 * 86400
     reconnect_min_s: Annotated[float, Field(gt=0)] = 1.0

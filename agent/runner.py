@@ -181,9 +181,36 @@ class Agent:
         raise _StopRequested
 
     async def _report(self, link: Link, store: Store) -> None:
+        """Ask on connect and every status interval; ask again, backing off, while unanswered.
+
+        The broker may drop a request or its reply (no cloud worker subscribed yet, a full
+        queue), so a request counts as answered only when a verified state replying to
+        it (or to a later one) has been accepted.
+        """
+        retry = Backoff(self.config.reply_timeout_s, self.config.status_interval_s)
+        attempt = 0
         while True:
-            await self._send_status(link, store)
-            await asyncio.sleep(self.config.status_interval_s)
+            seq = await self._send_status(link, store)
+            wait_s = retry.delay(attempt, self._rng.random()) if attempt else retry.min_s
+            if await self._answered(seq, wait_s):
+                attempt = 0
+                await asyncio.sleep(self.config.status_interval_s)
+            else:
+                attempt += 1
+                self.counters["unanswered"] += 1
+                log.info("%s: status.request seq %d unanswered; asking again", self.config.vid, seq)
+
+    async def _answered(self, seq: int, timeout_s: float) -> bool:
+        def replied() -> bool:
+            held = self._state
+            return held is not None and held.reply_to is not None and held.reply_to >= seq
+
+        try:
+            async with asyncio.timeout(timeout_s), self._changed:
+                await self._changed.wait_for(replied)
+        except TimeoutError:
+            return False
+        return True
 
     async def _send_status(self, link: Link, store: Store) -> int:
         seq = await store.next_seq()

@@ -75,3 +75,31 @@ def test_the_demo_runs_and_stops_by_itself(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "4/4" in proc.stdout and "Stopped." in proc.stdout
+
+
+async def test_a_request_nobody_answered_is_asked_again_until_the_cloud_answers(
+    shared_pki: DevPki, shared_broker: Mosquitto, tmp_path: Path
+) -> None:
+    """The broker drops a request when no worker is subscribed; the car must not wait an hour."""
+    vid = shared_pki.vids()[9]
+    config = car_config(shared_pki, vid, tmp_path / "cars", shared_broker.port).model_copy(
+        update={"reply_timeout_s": 0.2}
+    )
+    agent = Agent(config)
+    task = asyncio.create_task(agent.run())
+    try:
+        async with asyncio.timeout(10):
+            while agent.counters["unanswered"] < 1:
+                await asyncio.sleep(0.05)
+        _, worker_task = await start_worker(shared_pki, shared_broker, tmp_path / "cloud.db")
+        try:
+            state = await agent.wait_for_state(10.0)
+            assert state.reply_to is not None and state.reply_to > 1
+        finally:
+            worker_task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await worker_task
+    finally:
+        agent.stop()
+        async with asyncio.timeout(10):
+            await task
