@@ -36,6 +36,14 @@ class VehicleState:
     content_key: str = ""
     """Digest of that version's content."""
 
+    def row(self, vid: str) -> "CounterRow":
+        """A snapshot of the counters for the store."""
+        return (vid, self.last_seq, self.down_seq, self.version, self.content_key)
+
+
+CounterRow = tuple[str, int, int, int, str]
+"""A vehicle's counters as stored: vid, last_seq, down_seq, version, content_key."""
+
 
 @dataclass(frozen=True, slots=True)
 class Reply:

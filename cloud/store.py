@@ -16,7 +16,7 @@ import aiosqlite
 from agent.protocol.keys import PublicKey, kid_for, load_public_key, public_pem
 
 from .errors import StoreError
-from .handler import VehicleState
+from .handler import CounterRow, VehicleState
 from .policy import PolicyRecord
 
 _SCHEMA = """
@@ -110,12 +110,9 @@ class Store:
             ],
         )
 
-    async def save_counters(self, rows: Iterable[tuple[str, VehicleState]]) -> None:
-        """Write the counters of the given vehicles in one transaction."""
-        await self._write(
-            "INSERT OR REPLACE INTO counters VALUES (?, ?, ?, ?, ?)",
-            [(vid, v.last_seq, v.down_seq, v.version, v.content_key) for vid, v in rows],
-        )
+    async def save_counters(self, rows: Iterable[CounterRow]) -> None:
+        """Write counter snapshots (``VehicleState.row``) in one transaction."""
+        await self._write("INSERT OR REPLACE INTO counters VALUES (?, ?, ?, ?, ?)", list(rows))
 
     async def load_vehicles(self) -> dict[str, VehicleState]:
         """Every registered vehicle with its key and counters."""

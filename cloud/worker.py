@@ -10,7 +10,6 @@ import asyncio
 import logging
 import random
 from collections import Counter
-from dataclasses import replace
 from datetime import timedelta
 
 from agent.protocol import messages, topics
@@ -20,7 +19,7 @@ from agent.protocol.keys import load_private_key
 
 from .config import CloudConfig
 from .errors import LinkError, StoreError
-from .handler import Reply, RequestHandler, VehicleState
+from .handler import CounterRow, Reply, RequestHandler
 from .link import MqttLink, tls_context
 from .store import Store
 
@@ -112,7 +111,7 @@ class Worker:
                     continue
                 replies = self._handle_batch(handler, batch)
                 dirty, handler.dirty = handler.dirty, set()
-                rows = [(vid, replace(handler.vehicles[vid])) for vid in dirty]
+                rows = [handler.vehicles[vid].row(vid) for vid in dirty]
                 previous = asyncio.create_task(
                     self._commit_then_publish(store, link, rows, replies, previous),
                     name="cloud-commit",
@@ -141,7 +140,7 @@ class Worker:
         self,
         store: Store,
         link: MqttLink,
-        rows: list[tuple[str, VehicleState]],
+        rows: list[CounterRow],
         replies: list[Reply],
         previous: "asyncio.Task[None] | None",
     ) -> None:

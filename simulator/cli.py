@@ -36,6 +36,7 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", type=Path, help="Markdown file to write the figures into")
     b.add_argument("--cars", type=int, default=200, help="concurrent cars (default 200)")
     b.add_argument("--seconds", type=float, default=10.0, help="measured time (default 10)")
+    b.add_argument("--runs", type=int, default=3, help="loaded runs; the median is reported")
     return p  # fmt: skip
 
 
@@ -68,6 +69,6 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(_run_cars(a))
         from .bench import main as bench_main
 
-        return bench_main(a.out, a.cars, a.seconds)
+        return bench_main(a.out, a.cars, a.seconds, a.runs)
     except KeyboardInterrupt:
         return 130

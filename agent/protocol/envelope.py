@@ -83,12 +83,15 @@ def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
     return obj
 
 
+_DECODER: Final = json.JSONDecoder(object_pairs_hook=_no_duplicates)
+
+
 def parse(data: bytes) -> Envelope:
     """Check an envelope's form (size, fields, encodings); raise EnvelopeError if bad."""
     if len(data) > MAX_ENVELOPE_BYTES:
         raise EnvelopeError(f"envelope of {len(data)} bytes exceeds {MAX_ENVELOPE_BYTES}")
     try:
-        obj = json.loads(data, object_pairs_hook=_no_duplicates)
+        obj = _DECODER.decode(data.decode("utf-8"))
     except (ValueError, UnicodeDecodeError) as exc:
         raise EnvelopeError(f"envelope is not valid JSON: {exc}") from exc
     if not isinstance(obj, dict) or obj.keys() != _FIELDS:

@@ -181,11 +181,12 @@ async def test_error_reply_is_kept_as_last_error(
     assert stored is not None and (stored.code, stored.reply_to) == ("no_policy", 1)
 
 
-async def test_requests_repeat_on_the_interval_and_on_demand_with_growing_seqs(
+async def test_unanswered_requests_repeat_and_on_demand_with_growing_seqs(
     pki: DevPki, vid: str, make_config: Any, cloud: Any, run_agent: Any
 ) -> None:
     topic = topics.up(vid, "status")
-    async with run_agent(Agent(make_config(status_interval_s=0.2))) as agent:
+    config = make_config(status_interval_s=0.4, reply_timeout_s=0.1)
+    async with run_agent(Agent(config)) as agent:
         seqs = [open_request(pki, vid, (await cloud.receive(topic))[0]).seq for _ in range(3)]
         asked = await agent.request_status()
     assert seqs == [1, 2, 3]
