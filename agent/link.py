@@ -158,3 +158,9 @@ async def _close(
             await client.__aexit__(None, None, None)
     except (aiomqtt.MqttError, TimeoutError) as exc:
         log.info("disconnect was not clean: %r", exc)
+    finally:
+        # aiomqtt leaves a lost connection's error in this future when nothing awaited it;
+        # read it here so asyncio does not log "Future exception was never retrieved".
+        gone = client._disconnected
+        if gone.done() and not gone.cancelled():
+            gone.exception()

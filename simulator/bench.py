@@ -176,6 +176,7 @@ async def run_load(
     with Mosquitto(pki, workdir / "broker") as broker:
         _pin(broker.proc.pid, 1) if broker.proc else None
         _pin(0, 1)
+        worker_log = (workdir / "worker.log").open("wb")
         worker = subprocess.Popen(  # noqa: S603, ASYNC220 - our own module, started once
             [
                 sys.executable,
@@ -190,7 +191,8 @@ async def run_load(
                 str(broker.port),
             ],
             stdout=subprocess.DEVNULL,
-            stderr=(workdir / "worker.log").open("wb"),
+            stderr=worker_log,
+            start_new_session=True,
         )
         _pin(worker.pid, 0)
         try:
@@ -216,6 +218,7 @@ async def run_load(
                 await car.link.close()
             worker.terminate()
             worker.wait(10)
+            worker_log.close()
 
 
 def report(

@@ -99,7 +99,11 @@ class Mosquitto:
         conf = render_config(self.pki, self.workdir, self.port, self.host)
         with (self.workdir / "mosquitto.stderr").open("wb") as stderr:
             self.proc = subprocess.Popen(  # noqa: S603 - fixed binary, our own config file
-                [find_mosquitto(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=stderr
+                [find_mosquitto(), "-c", str(conf)],
+                stdout=subprocess.DEVNULL,
+                stderr=stderr,
+                # Its own session: a terminal's Ctrl-C reaches only us, and we stop it in order.
+                start_new_session=True,
             )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

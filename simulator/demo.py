@@ -74,7 +74,7 @@ async def run_demo(workdir: Path, cars: int, duration_s: float | None) -> int:
         cloud = subprocess.Popen(  # noqa: S603, ASYNC220 - our own module, started once
             [sys.executable, "-m", "cloud", "serve", "--pki", str(pki.root), "--db", str(db),
              "--broker-port", str(broker.port)],
-            stdout=log, stderr=subprocess.STDOUT,
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         print(f"Cloud worker pid {cloud.pid}, log {workdir / 'cloud.log'}")
         if not await _cloud_ready(cloud, workdir / "cloud.log", 20.0):
