@@ -20,6 +20,7 @@ BROKER_CONFIG_DIR: Final = Path(__file__).resolve().parent.parent / "broker-conf
 _SITE_KEYS: Final = frozenset(
     {
         "user",
+        "pid_file",
         "listener",
         "acl_file",
         "persistence_location",
@@ -60,6 +61,7 @@ def render_config(pki: DevPki, workdir: Path, port: int, host: str = "127.0.0.1"
     site = {
         # Whoever runs the harness owns the temp files, so the broker stays that user.
         "user": getpass.getuser(),
+        "pid_file": str(workdir / "mosquitto.pid"),
         "listener": f"{port} {host}",
         "acl_file": str(BROKER_CONFIG_DIR / "acl"),
         "persistence_location": f"{workdir / 'data'}/",
@@ -89,6 +91,11 @@ class Mosquitto:
         self.host = "127.0.0.1"
         self.port = port or free_port()
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def pid_file(self) -> Path:
+        """Where the broker writes its pid (the cloud signals it there after a revocation)."""
+        return self.workdir / "mosquitto.pid"
 
     @property
     def log_path(self) -> Path:

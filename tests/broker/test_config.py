@@ -39,6 +39,7 @@ LISTENER_SETTINGS = frozenset(
 SITE_KEYS = frozenset(
     {
         "user",
+        "pid_file",
         "listener",
         "acl_file",
         "persistence_location",

@@ -1,0 +1,114 @@
+"""Cutting a revoked car off the broker: CRL file, broker reload, and a kick.
+
+Mosquitto 2.0 checks the CRL only when a connection is made, and rereads it only on
+SIGHUP; it never drops a client that is already connected. So revoking takes three
+steps, in this order: write the new CRL (atomically), make the broker reload it, then
+connect once with the car's vid as client id, which makes Mosquitto end the car's
+session (MQTT session takeover) before this connection leaves. The car's reconnect
+then fails the TLS handshake.
+"""
+
+import asyncio
+import logging
+import os
+import signal
+import ssl
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from agent.protocol import topics
+
+from .errors import CloudError, LinkError
+from .link import MqttLink
+from .pki import CertificateAuthority
+
+log = logging.getLogger(__name__)
+CRL_DAYS = 7
+"""A CRL's validity. Mosquitto refuses every client once its CRL has expired, so the
+cloud rewrites it at least daily (``refresh_every_s``)."""
+
+
+class RevocationError(CloudError):
+    """The broker could not be told about a revocation (the store already holds it)."""
+
+
+def write_crl(ca: CertificateAuthority, path: Path, revoked_serials: list[int]) -> None:
+    """Write a CRL revoking ``revoked_serials`` to ``path`` atomically (temp, fsync, rename)."""
+    data = ca.crl(sorted(set(revoked_serials)), days=CRL_DAYS).public_bytes(Encoding.PEM)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.chmod(0o644)  # the broker drops to its own user before reading it
+    os.replace(tmp, path)
+
+
+def sighup_from_pid_file(pid_file: Path) -> Callable[[], None]:
+    """A reload action: SIGHUP to the process whose pid ``pid_file`` holds."""
+
+    def reload() -> None:
+        try:
+            pid = int(pid_file.read_text().strip())
+            os.kill(pid, signal.SIGHUP)
+        except (OSError, ValueError) as exc:
+            raise RevocationError(f"cannot signal the broker via {pid_file}: {exc}") from exc
+
+    return reload
+
+
+class BrokerControl:
+    """Tells the broker about revocations; one instance per cloud process."""
+
+    def __init__(
+        self,
+        *,
+        ca: CertificateAuthority,
+        crl_path: Path,
+        reload: Callable[[], None],
+        broker_host: str,
+        broker_port: int,
+        tls: ssl.SSLContext,
+    ) -> None:
+        self._ca = ca
+        self._crl_path = crl_path
+        self._reload = reload
+        self._host = broker_host
+        self._port = broker_port
+        self._tls = tls
+        self._lock = asyncio.Lock()
+
+    async def publish_crl(self, revoked_serials: list[int]) -> None:
+        """Rewrite the CRL and make the broker reload it."""
+        async with self._lock:
+            await asyncio.to_thread(write_crl, self._ca, self._crl_path, revoked_serials)
+            self._reload()
+
+    async def kick(self, vid: str, timeout_s: float = 5.0) -> None:
+        """End ``vid``'s current session at the broker, if it has one."""
+        topics.check_vid(vid)
+        link = MqttLink(client_id=vid, tls=self._tls, on_message=lambda _t, _p: None)
+        try:
+            await link.connect(self._host, self._port, timeout_s)
+        except LinkError as exc:
+            raise RevocationError(f"cannot reach the broker to disconnect {vid}: {exc}") from exc
+        await link.close()
+
+    async def revoke(self, vid: str, revoked_serials: list[int]) -> None:
+        """CRL, reload, kick: after this the car is off and cannot come back."""
+        await self.publish_crl(revoked_serials)
+        await self.kick(vid)
+        log.info("revoked %s: CRL rewritten, broker reloaded, session ended", vid)
+
+    async def refresh_every(
+        self, serials: Callable[[], Awaitable[list[int]]], period_s: float = 86400.0
+    ) -> None:
+        """Rewrite the CRL every ``period_s`` so it never expires under the broker."""
+        while True:
+            await asyncio.sleep(period_s)
+            try:
+                await self.publish_crl(await serials())
+            except (RevocationError, OSError) as exc:
+                log.error("CRL refresh failed: %s", exc)

@@ -1,0 +1,88 @@
+"""Revoking a car against the real broker: it is kicked now and refused later; others stay."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from agent.protocol.keys import load_private_key
+from cloud.link import tls_context
+from cloud.pki import CertificateAuthority, DevPki, write_dev_pki
+from cloud.revocation import BrokerControl, sighup_from_pid_file
+from simulator.broker import Mosquitto
+
+from ..broker.mqtt_probe import Clients
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> DevPki:
+    return write_dev_pki(tmp_path / "pki", 3)
+
+
+@pytest.fixture
+def broker(pki: DevPki, tmp_path: Path) -> Iterator[Mosquitto]:
+    b = Mosquitto(pki, tmp_path / "broker").start()
+    yield b
+    b.stop()
+
+
+@pytest.fixture
+def clients(pki: DevPki, broker: Mosquitto) -> Iterator[Clients]:
+    made = Clients(pki, broker)
+    yield made
+    made.close_all()
+
+
+def control(pki: DevPki, broker: Mosquitto) -> BrokerControl:
+    ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    return BrokerControl(
+        ca=CertificateAuthority(load_private_key(pki.ca_key), ca_cert),
+        crl_path=pki.crl,
+        reload=sighup_from_pid_file(broker.pid_file),
+        broker_host=broker.host,
+        broker_port=broker.port,
+        tls=tls_context(pki.ca_cert, pki.cloud_cert, pki.cloud_key),
+    )
+
+
+def serial_of(pki: DevPki, vid: str) -> int:
+    return x509.load_pem_x509_certificate((pki.car_dir(vid) / "car.crt").read_bytes()).serial_number
+
+
+async def test_a_revoked_car_is_disconnected_and_cannot_reconnect_and_others_stay(
+    pki: DevPki, broker: Mosquitto, clients: Clients
+) -> None:
+    a, b, _ = pki.vids()
+    car_a = clients.car(a, client_id=a).connect()
+    car_b = clients.car(b, client_id=b).connect()
+    await control(pki, broker).revoke(a, [serial_of(pki, a)])
+    car_a.wait_closed()
+    assert not clients.car(a, client_id=a).try_connect(), "a revoked car got back in"
+    # The other car was not touched: still connected, still served, and can reconnect.
+    assert not car_b.closed
+    assert car_b.publish(f"ctpl/v1/{b}/up/status", b"still-here") in (0, 16)  # 16: no subscriber
+    assert clients.car(b).try_connect()
+
+
+async def test_kicking_a_car_that_is_not_connected_is_harmless(
+    pki: DevPki, broker: Mosquitto, clients: Clients
+) -> None:
+    a, b, _ = pki.vids()
+    car_b = clients.car(b, client_id=b).connect()
+    await control(pki, broker).kick(a)
+    assert not car_b.closed
+    assert clients.car(a).try_connect(), "kicking alone does not revoke"
+
+
+async def test_the_crl_written_is_valid_and_lists_exactly_the_revoked_serials(
+    pki: DevPki, broker: Mosquitto
+) -> None:
+    a, b, _ = pki.vids()
+    await control(pki, broker).publish_crl(
+        [serial_of(pki, a), serial_of(pki, b), serial_of(pki, a)]
+    )
+    crl = x509.load_pem_x509_crl(pki.crl.read_bytes())
+    assert {r.serial_number for r in crl} == {serial_of(pki, a), serial_of(pki, b)}
+    ca = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
+    assert crl.is_signature_valid(ca.public_key())  # type: ignore[arg-type]
