@@ -4,6 +4,7 @@ import argparse
 import asyncio
 import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -23,11 +24,24 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--db", type=Path, required=True, help="SQLite store file")
     s.add_argument("--broker-host", default="127.0.0.1")
     s.add_argument("--broker-port", type=int, default=8883)
-    s.add_argument("--pki", type=Path, help="a dev PKI directory (sets the four files below)")
+    s.add_argument("--pki", type=Path, help="a dev PKI directory (sets the key files below)")
     s.add_argument("--ca", type=Path, help="CA certificate the broker's certificate chains to")
     s.add_argument("--cert", type=Path, help="the cloud's client certificate (CN ctpl-cloud)")
     s.add_argument("--key", type=Path, help="the cloud's client key")
     s.add_argument("--signing-key", type=Path, help="the cloud's message-signing key")
+    s.add_argument("--http-host", default="127.0.0.1", help="the HTTPS API's address")
+    s.add_argument("--http-port", type=int, help="serve the HTTPS API (enrollment) on this port")
+    s.add_argument(
+        "--admin-token-file",
+        type=Path,
+        help="file holding the API's admin token (else $CTPL_ADMIN_TOKEN; else no admin)",
+    )
+    s.add_argument("--ca-key", type=Path, help="the device CA's key, to issue car certificates")
+    s.add_argument("--root-key", type=Path, help="the root key that signs key sets")
+    s.add_argument("--api-cert", type=Path, help="the HTTPS API's server certificate")
+    s.add_argument("--api-key", type=Path, help="the HTTPS API's server key")
+    s.add_argument("--crl", type=Path, help="the broker's CRL file, rewritten on revocation")
+    s.add_argument("--broker-pid-file", type=Path, help="the broker's pid_file, for SIGHUP")
     s.add_argument("--client-id", default="ctpl-cloud-1", help="MQTT client id (one per worker)")
     s.add_argument(
         "--fresh-for",
@@ -49,12 +63,27 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _serve_config(a: argparse.Namespace) -> CloudConfig:
+def _admin_token(a: argparse.Namespace, environ: dict[str, str]) -> str | None:
+    if a.admin_token_file is not None:
+        try:
+            return a.admin_token_file.read_text().strip() or None
+        except OSError as exc:
+            raise SystemExit(f"ctpl-cloud serve: cannot read {a.admin_token_file}: {exc}") from exc
+    return environ.get("CTPL_ADMIN_TOKEN") or None
+
+
+def _serve_config(a: argparse.Namespace, environ: dict[str, str] | None = None) -> CloudConfig:
     files = {
         "ca_file": a.ca,
         "cert_file": a.cert,
         "key_file": a.key,
         "signing_key_file": a.signing_key,
+    }
+    api_files = {
+        "ca_key_file": a.ca_key,
+        "root_key_file": a.root_key,
+        "api_cert_file": a.api_cert,
+        "api_key_file": a.api_key,
     }
     if a.pki is not None:
         pki = DevPki(a.pki)
@@ -63,22 +92,36 @@ def _serve_config(a: argparse.Namespace) -> CloudConfig:
             "cert_file": pki.cloud_cert,
             "key_file": pki.cloud_key,
             "signing_key_file": pki.signing_key,
+            "ca_key_file": pki.ca_key,
+            "root_key_file": pki.root_key,
+            "api_cert_file": pki.api_cert,
+            "api_key_file": pki.api_key,
         }
         files = {k: v or defaults[k] for k, v in files.items()}
+        api_files = {k: v or defaults[k] for k, v in api_files.items()}
     missing = [k for k, v in files.items() if v is None]
+    if a.http_port is not None:
+        missing += [k for k, v in api_files.items() if v is None]
     if missing:
         raise SystemExit(
             f"ctpl-cloud serve: give --pki or all of --ca --cert --key --signing-key "
+            f"(and with --http-port: --ca-key --root-key --api-cert --api-key) "
             f"(missing {', '.join(missing)})"
         )
     return CloudConfig.model_validate(
         {
             **files,
+            **api_files,
             "db_path": a.db,
             "broker_host": a.broker_host,
             "broker_port": a.broker_port,
             "client_id": a.client_id,
             "fresh_for_s": a.fresh_for,
+            "http_host": a.http_host,
+            "http_port": a.http_port,
+            "crl_file": a.crl or (DevPki(a.pki).crl if a.pki is not None else None),
+            "broker_pid_file": a.broker_pid_file,
+            "admin_token": _admin_token(a, dict(os.environ) if environ is None else environ),
         }
     )
 

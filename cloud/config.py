@@ -1,20 +1,22 @@
 """The cloud worker's configuration: one frozen model, built once and passed down."""
 
 from pathlib import Path
+from typing import Self
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from .pki import DevPki
 
 
 class CloudConfig(BaseModel):
-    """Everything a cloud worker needs; paths are read when the worker starts, not here."""
+    """Everything a cloud process needs; paths are read when the process starts, not here."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     broker_host: str = "127.0.0.1"
     broker_port: int = Field(8883, ge=1, le=65535)
     ca_file: Path
+    """The device CA's certificate: the broker's and the cars' certificates chain to it."""
     cert_file: Path
     key_file: Path
     signing_key_file: Path
@@ -23,6 +25,45 @@ class CloudConfig(BaseModel):
     fresh_for_s: float = Field(86400.0, gt=0)
     expiring_within_days: int = Field(30, ge=0)
     keepalive_s: int = Field(30, ge=5, le=300)
+
+    http_host: str = "127.0.0.1"
+    http_port: int | None = Field(None, ge=1, le=65535)
+    """The HTTPS API's port; None runs no API."""
+    admin_token: SecretStr | None = None
+    """The admin's bearer token; None refuses every admin request."""
+    root_key_file: Path | None = None
+    """The root key that signs key sets (offline in production)."""
+    ca_key_file: Path | None = None
+    """The device CA's private key, to issue car certificates."""
+    api_cert_file: Path | None = None
+    api_key_file: Path | None = None
+    cert_days: int = Field(90, ge=1, le=825)
+    crl_file: Path | None = None
+    """The CRL the broker reads (its ``crlfile``): rewritten on revocation and daily."""
+    broker_pid_file: Path | None = None
+    """The broker's ``pid_file``: SIGHUP goes there after the CRL is rewritten."""
+    """Validity of an issued car certificate."""
+    gateway_broker_host: str | None = None
+    """The broker host told to enrolling gateways; None tells them ``broker_host``."""
+    gateway_broker_port: int | None = Field(None, ge=1, le=65535)
+    """The broker port told to enrolling gateways; None tells them ``broker_port``."""
+
+    @model_validator(mode="after")
+    def _api_files_when_serving(self) -> Self:
+        if self.http_port is not None:
+            names = ("root_key_file", "ca_key_file", "api_cert_file", "api_key_file")
+            missing = [n for n in names if getattr(self, n) is None]
+            if missing:
+                raise ValueError(f"http_port needs {', '.join(missing)}")
+        return self
+
+    @property
+    def advertised_broker(self) -> tuple[str, int]:
+        """The broker (host, port) that enrolled gateways are told to connect to."""
+        return (
+            self.gateway_broker_host or self.broker_host,
+            self.gateway_broker_port or self.broker_port,
+        )
 
     @classmethod
     def from_pki(
@@ -35,6 +76,10 @@ class CloudConfig(BaseModel):
                 "cert_file": pki.cloud_cert,
                 "key_file": pki.cloud_key,
                 "signing_key_file": pki.signing_key,
+                "root_key_file": pki.root_key,
+                "ca_key_file": pki.ca_key,
+                "api_cert_file": pki.api_cert,
+                "api_key_file": pki.api_key,
                 "db_path": db_path,
                 "broker_port": broker_port,
                 **kw,

@@ -1,10 +1,11 @@
 """Import files: the vehicles a dev PKI issued, and policies to seed the store with."""
 
 import json
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import TypeVar
 
+from cryptography import x509
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from agent.protocol.keys import load_public_key
@@ -66,10 +67,15 @@ async def import_files(
         for v in _load(vehicles, TypeAdapter(list[VehicleEntry])):
             cert = v.cert if v.cert.is_absolute() else vehicles.parent / v.cert
             try:
+                issued = x509.load_pem_x509_certificate(cert.read_bytes())
                 key = load_public_key(cert.read_bytes())
             except (OSError, ValueError) as exc:
                 raise FleetFileError(vehicles, f"{v.vid}: certificate {cert}: {exc}") from exc
             await store.add_vehicle(v.vid, key, v.vin)
+            # Recorded so that revoking the vehicle puts this certificate on the CRL.
+            await store.add_certificate(
+                v.vid, issued.serial_number, key, issued.not_valid_after_utc, datetime.now(UTC)
+            )
             nv += 1
     if policies is not None:
         for p in _load(policies, TypeAdapter(list[PolicyEntry])):

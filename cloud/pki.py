@@ -1,6 +1,8 @@
 """Device PKI with cryptography's x509 API: CA, broker, cloud and car certificates, CRL.
 
-``write_dev_pki`` lays out a complete development PKI for tests and the demo.
+``write_dev_pki`` lays out a complete development PKI for tests and the demo: the
+device CA, the broker's and the HTTPS API's server certificates, the cloud's client
+certificate, its message-signing key, the root key that signs key sets, and cars.
 Every private key file is written with mode 0600.
 """
 
@@ -19,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from agent.protocol.keys import generate_private_key, private_pem, public_pem
+from agent.protocol.keys import generate_private_key, load_private_key, private_pem, public_pem
 
 CLOUD_IDENTITY: Final = "ctpl-cloud"
 _VID_ALPHABET: Final = "abcdefghijklmnopqrstuvwxyz234567"
@@ -69,6 +71,15 @@ class CertificateAuthority:
 
     key: ec.EllipticCurvePrivateKey
     cert: x509.Certificate
+
+    @classmethod
+    def load(cls, cert_file: Path, key_file: Path) -> "CertificateAuthority":
+        """The CA whose PEM certificate and P-256 key are in these files; ValueError if unusable."""
+        cert = x509.load_pem_x509_certificate(cert_file.read_bytes())
+        key = load_private_key(key_file)
+        if cert.public_key() != key.public_key():
+            raise ValueError(f"{key_file} is not the key of {cert_file}")
+        return cls(key, cert)
 
     def issue(
         self,
@@ -154,6 +165,10 @@ class DevPki:
     cloud_key = property(lambda self: self.root / "cloud.key")
     signing_key = property(lambda self: self.root / "cloud-signing.key")
     signing_pub = property(lambda self: self.root / "cloud-signing.pub")
+    root_key = property(lambda self: self.root / "root.key")
+    root_pub = property(lambda self: self.root / "root.pub")
+    api_cert = property(lambda self: self.root / "api.crt")
+    api_key = property(lambda self: self.root / "api.key")
     vehicles_file = property(lambda self: self.root / "vehicles.json")
 
     def car_dir(self, vid: str) -> Path:
@@ -169,7 +184,7 @@ class DevPki:
 def write_dev_pki(
     root: Path, cars: int, *, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")
 ) -> DevPki:
-    """Create a CA, broker and cloud certificates, the cloud's signing key, and ``cars`` cars.
+    """Create a CA, broker, API and cloud certificates, signing and root keys, ``cars`` cars.
 
     ``vehicles.json`` lists each car's vid, VIN and certificate path, for import into the cloud.
     """
@@ -192,6 +207,14 @@ def write_dev_pki(
     signing = generate_private_key()
     write_private(pki.signing_key, private_pem(signing))
     pki.signing_pub.write_bytes(public_pem(signing.public_key()))
+    root_key = generate_private_key()
+    write_private(pki.root_key, private_pem(root_key))
+    pki.root_pub.write_bytes(public_pem(root_key.public_key()))
+    api_key = generate_private_key()
+    write_private(pki.api_key, private_pem(api_key))
+    pki.api_cert.write_bytes(
+        cert_pem(ca.issue("ctpl-api", api_key.public_key(), days=365, server_names=hosts))
+    )
 
     vehicles = []
     for i in range(cars):

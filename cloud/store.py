@@ -2,19 +2,28 @@
 
 Vehicles and their registered keys, policies, and per-vehicle counters. The worker
 keeps the hot path in memory and writes counters through in one transaction per
-batch, before it publishes that batch's replies.
+batch, before it publishes that batch's replies. Enrollment adds fleets (operator
+token digests), one-time claims (digests), and every certificate issued (serial,
+key, expiry), so that a revoked vehicle's serials can go into the CRL.
+
+One connection per Store; a lock keeps one coroutine's transaction from interleaving
+with another's on it. Each process (the worker, the HTTP API) opens its own Store;
+SQLite's busy timeout (5 s) bounds waits between them.
 """
 
-from collections.abc import Iterable
-from datetime import date, datetime
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from datetime import UTC, date, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Self
+from typing import Final, Self
 
 import aiosqlite
 
 from agent.protocol.keys import PublicKey, kid_for, load_public_key, public_pem
 
+from .enrollment import ClaimRow, FleetRow, VehicleRow
 from .errors import StoreError
 from .handler import CounterRow, VehicleState
 from .policy import PolicyRecord
@@ -25,7 +34,10 @@ CREATE TABLE IF NOT EXISTS vehicles (
     kid TEXT NOT NULL,
     public_key_pem BLOB NOT NULL,
     vin TEXT,
-    registered_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now'))
+    registered_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')),
+    fleet_id TEXT REFERENCES fleets(fleet_id),
+    revoked_at TEXT,
+    renew_seq INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 CREATE TABLE IF NOT EXISTS policies (
     vid TEXT PRIMARY KEY REFERENCES vehicles(vid),
@@ -45,7 +57,50 @@ CREATE TABLE IF NOT EXISTS counters (
     version INTEGER NOT NULL,
     content_key TEXT NOT NULL
 ) STRICT;
+CREATE TABLE IF NOT EXISTS fleets (
+    fleet_id TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    operator_digest BLOB NOT NULL UNIQUE,
+    created_at TEXT NOT NULL
+) STRICT;
+CREATE TABLE IF NOT EXISTS claims (
+    digest BLOB PRIMARY KEY,
+    fleet_id TEXT NOT NULL REFERENCES fleets(fleet_id),
+    expires_at TEXT NOT NULL,
+    used_at TEXT,
+    vid TEXT
+) STRICT;
+CREATE TABLE IF NOT EXISTS certificates (
+    serial TEXT PRIMARY KEY,
+    vid TEXT NOT NULL REFERENCES vehicles(vid),
+    kid TEXT NOT NULL,
+    public_key_pem BLOB NOT NULL,
+    not_after TEXT NOT NULL,
+    issued_at TEXT NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS certificates_by_vid ON certificates(vid);
 """
+# Serials are decimal TEXT: they run to 159 bits, past SQLite's 64-bit INTEGER.
+
+_ADDED_VEHICLE_COLUMNS: Final = {
+    "fleet_id": "TEXT REFERENCES fleets(fleet_id)",
+    "revoked_at": "TEXT",
+    "renew_seq": "INTEGER NOT NULL DEFAULT 0",
+}
+"""Columns a store made before enrollment lacks; added when it is opened."""
+
+
+def _ts(t: datetime) -> str:
+    # One fixed width, so that stored instants compare as text in SQL.
+    return t.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def _dt(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+class _Conflict(Exception):
+    """A guarded write found its row changed since it was read; the transaction rolls back."""
 
 
 class Store:
@@ -53,6 +108,7 @@ class Store:
 
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
+        self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> "Store":
@@ -65,6 +121,11 @@ class Store:
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA foreign_keys=ON")
             await db.executescript(_SCHEMA)
+            async with db.execute("PRAGMA table_info(vehicles)") as cur:
+                have = {row[1] async for row in cur}
+            for column, decl in _ADDED_VEHICLE_COLUMNS.items():
+                if column not in have:
+                    await db.execute(f"ALTER TABLE vehicles ADD COLUMN {column} {decl}")
             await db.commit()
         except (aiosqlite.Error, OSError) as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
@@ -115,11 +176,12 @@ class Store:
         await self._write("INSERT OR REPLACE INTO counters VALUES (?, ?, ?, ?, ?)", list(rows))
 
     async def load_vehicles(self) -> dict[str, VehicleState]:
-        """Every registered vehicle with its key and counters."""
+        """Every registered vehicle that is not revoked, with its key and counters."""
         out: dict[str, VehicleState] = {}
         sql = (
             "SELECT v.vid, v.kid, v.public_key_pem, c.last_seq, c.down_seq, c.version, "
-            "c.content_key FROM vehicles v LEFT JOIN counters c ON c.vid = v.vid"
+            "c.content_key FROM vehicles v LEFT JOIN counters c ON c.vid = v.vid "
+            "WHERE v.revoked_at IS NULL"
         )
         try:
             async with self._db.execute(sql) as cur:
@@ -159,9 +221,199 @@ class Store:
         return out
 
     async def _write(self, sql: str, rows: list[tuple[object, ...]]) -> None:
+        async with self._transaction("write") as db:
+            await db.executemany(sql, rows)
+
+    @asynccontextmanager
+    async def _transaction(self, what: str) -> AsyncIterator[aiosqlite.Connection]:
+        """One transaction under the lock: committed if the block ends normally, else undone."""
+        async with self._lock:
+            try:
+                yield self._db
+                await self._db.commit()
+            except BaseException as exc:
+                # Cancellation too: an open transaction left behind would be committed
+                # by whichever write comes next on this connection.
+                await self._db.rollback()
+                if isinstance(exc, aiosqlite.Error):
+                    raise StoreError(f"{what} failed: {exc}") from exc
+                raise
+
+    async def _rows(self, sql: str, params: tuple[object, ...]) -> list[aiosqlite.Row]:
+        async with self._lock:
+            try:
+                async with self._db.execute(sql, params) as cur:
+                    return list(await cur.fetchall())
+            except aiosqlite.Error as exc:
+                raise StoreError(f"read failed: {exc}") from exc
+
+    # ---- enrollment ------------------------------------------------------------
+
+    async def create_fleet(
+        self, fleet_id: str, name: str, operator_digest: bytes, now: datetime
+    ) -> None:
+        """Add a fleet whose operator token has SHA-256 ``operator_digest``."""
+        await self._write(
+            "INSERT INTO fleets VALUES (?, ?, ?, ?)", [(fleet_id, name, operator_digest, _ts(now))]
+        )
+
+    async def fleet(self, fleet_id: str) -> FleetRow | None:
+        """The fleet ``fleet_id``, if it exists."""
+        rows = await self._rows("SELECT * FROM fleets WHERE fleet_id = ?", (fleet_id,))
+        return FleetRow(rows[0][0], rows[0][1], rows[0][2]) if rows else None
+
+    async def fleet_of_operator(self, operator_digest: bytes) -> FleetRow | None:
+        """The fleet whose operator token has this digest, if any."""
+        rows = await self._rows(
+            "SELECT * FROM fleets WHERE operator_digest = ?", (operator_digest,)
+        )
+        return FleetRow(rows[0][0], rows[0][1], rows[0][2]) if rows else None
+
+    async def add_claims(self, fleet_id: str, digests: list[bytes], expires_at: datetime) -> None:
+        """Add one-time claims (by token digest) for ``fleet_id``, all in one transaction."""
+        await self._write(
+            "INSERT INTO claims(digest, fleet_id, expires_at) VALUES (?, ?, ?)",
+            [(d, fleet_id, _ts(expires_at)) for d in digests],
+        )
+
+    async def claim(self, digest: bytes) -> ClaimRow | None:
+        """The claim whose token has this digest, if any."""
+        rows = await self._rows(
+            "SELECT fleet_id, expires_at, used_at FROM claims WHERE digest = ?", (digest,)
+        )
+        if not rows:
+            return None
+        fleet_id, expires_at, used_at = rows[0]
+        return ClaimRow(fleet_id, datetime.fromisoformat(expires_at), _dt(used_at))
+
+    async def enroll(
+        self,
+        *,
+        claim_digest: bytes,
+        vid: str,
+        fleet_id: str,
+        key: PublicKey,
+        vin: str | None,
+        serial: int,
+        not_after: datetime,
+        now: datetime,
+    ) -> bool:
+        """Use the claim, register the vehicle and its certificate, in one transaction.
+
+        False (and nothing stored) if the claim was used or expired since it was read.
+        """
+        pem = public_pem(key)
         try:
-            await self._db.executemany(sql, rows)
-            await self._db.commit()
-        except aiosqlite.Error as exc:
-            await self._db.rollback()
-            raise StoreError(f"write failed: {exc}") from exc
+            async with self._transaction("enroll") as db:
+                cur = await db.execute(
+                    "UPDATE claims SET used_at = ?, vid = ? "
+                    "WHERE digest = ? AND used_at IS NULL AND expires_at > ?",
+                    (_ts(now), vid, claim_digest, _ts(now)),
+                )
+                if cur.rowcount != 1:
+                    raise _Conflict
+                await db.execute(
+                    "INSERT INTO vehicles(vid, kid, public_key_pem, vin, registered_at, fleet_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    (vid, kid_for(key), pem, vin, _ts(now), fleet_id),
+                )
+                await self._insert_certificate(db, vid, serial, key, not_after, now)
+        except _Conflict:
+            return False
+        return True
+
+    async def renew(
+        self, *, vid: str, seq: int, key: PublicKey, serial: int, not_after: datetime, now: datetime
+    ) -> bool:
+        """Record renewal ``seq``, make ``key`` the vehicle's, and add its certificate.
+
+        False (and nothing stored) if the vehicle was revoked or renewed with this seq meanwhile.
+        """
+        try:
+            async with self._transaction("renew") as db:
+                cur = await db.execute(
+                    "UPDATE vehicles SET kid = ?, public_key_pem = ?, renew_seq = ? "
+                    "WHERE vid = ? AND renew_seq < ? AND revoked_at IS NULL",
+                    (kid_for(key), public_pem(key), seq, vid, seq),
+                )
+                if cur.rowcount != 1:
+                    raise _Conflict
+                await self._insert_certificate(db, vid, serial, key, not_after, now)
+        except _Conflict:
+            return False
+        return True
+
+    async def add_certificate(
+        self, vid: str, serial: int, key: PublicKey, not_after: datetime, now: datetime
+    ) -> None:
+        """Record a certificate issued to ``vid`` outside enrollment (e.g. by the dev PKI).
+
+        Recording the same certificate again changes nothing (imports can be rerun).
+        """
+        async with self._transaction("add certificate") as db:
+            async with db.execute(
+                "SELECT vid FROM certificates WHERE serial = ?", (str(serial),)
+            ) as cur:
+                known = await cur.fetchone()
+            if known is None:
+                await self._insert_certificate(db, vid, serial, key, not_after, now)
+            elif known[0] != vid:
+                raise StoreError(f"certificate serial {serial} belongs to another vehicle")
+
+    @staticmethod
+    async def _insert_certificate(
+        db: aiosqlite.Connection,
+        vid: str,
+        serial: int,
+        key: PublicKey,
+        not_after: datetime,
+        now: datetime,
+    ) -> None:
+        await db.execute(
+            "INSERT INTO certificates VALUES (?, ?, ?, ?, ?, ?)",
+            (str(serial), vid, kid_for(key), public_pem(key), _ts(not_after), _ts(now)),
+        )
+
+    async def vehicle(self, vid: str) -> VehicleRow | None:
+        """The enrollment state of ``vid``, if registered."""
+        rows = await self._rows(
+            "SELECT fleet_id, revoked_at, renew_seq FROM vehicles WHERE vid = ?", (vid,)
+        )
+        if not rows:
+            return None
+        fleet_id, revoked_at, renew_seq = rows[0]
+        return VehicleRow(vid, fleet_id, _dt(revoked_at), renew_seq)
+
+    async def vehicle_keys(self, vid: str, now: datetime) -> dict[str, PublicKey]:
+        """By kid: ``vid``'s registered key and the keys of its certificates still valid."""
+        rows = await self._rows(
+            "SELECT kid, public_key_pem FROM vehicles WHERE vid = ? UNION "
+            "SELECT kid, public_key_pem FROM certificates WHERE vid = ? AND not_after > ?",
+            (vid, vid, _ts(now)),
+        )
+        return {kid: load_public_key(pem) for kid, pem in rows}
+
+    async def revoke(self, vid: str, now: datetime) -> datetime | None:
+        """Mark ``vid`` revoked (once; later calls keep the first time); None if unknown."""
+        async with self._transaction("revoke") as db:
+            await db.execute(
+                "UPDATE vehicles SET revoked_at = ? WHERE vid = ? AND revoked_at IS NULL",
+                (_ts(now), vid),
+            )
+            async with db.execute("SELECT revoked_at FROM vehicles WHERE vid = ?", (vid,)) as cur:
+                row = await cur.fetchone()
+        return None if row is None else _dt(row[0])
+
+    async def revoked_serials(self) -> list[int]:
+        """Serials of every certificate of every revoked vehicle, ascending: the CRL's content."""
+        rows = await self._rows(
+            "SELECT c.serial FROM certificates c JOIN vehicles v ON v.vid = c.vid "
+            "WHERE v.revoked_at IS NOT NULL",
+            (),
+        )
+        return sorted(int(r[0]) for r in rows)
+
+    async def count_vehicles(self) -> int:
+        """How many vehicles are registered, revoked ones included."""
+        rows = await self._rows("SELECT count(*) FROM vehicles", ())
+        return int(rows[0][0])

@@ -4,6 +4,10 @@ Requests arrive through the shared subscription and queue in memory. One flush a
 time takes everything queued, runs it through the handler, writes the changed
 counters in one transaction (group commit), and only then publishes the replies:
 a reply is never sent for a ``seq`` the store could forget.
+
+With ``http_port`` configured, the HTTPS API (``cloud.api``) runs beside it in the
+same loop, on its own store connection, and tells the worker of enrolled, renewed
+and revoked vehicles (the worker is its ``VehicleEvents``).
 """
 
 import asyncio
@@ -15,16 +19,22 @@ from datetime import timedelta
 from agent.protocol import messages, topics
 from agent.protocol.clock import Clock, SystemClock
 from agent.protocol.envelope import Signer
-from agent.protocol.keys import load_private_key
+from agent.protocol.keys import PublicKey, kid_for, load_private_key
 
 from .config import CloudConfig
 from .errors import LinkError, StoreError
-from .handler import CounterRow, Reply, RequestHandler
+from .handler import CounterRow, Reply, RequestHandler, VehicleState
 from .link import MqttLink, tls_context
+from .pki import CertificateAuthority
+from .revocation import BrokerControl, sighup_from_pid_file
 from .store import Store
 
 log = logging.getLogger(__name__)
 RECONNECT_CAP_S = 30.0
+
+
+def _no_reload() -> None:
+    log.warning("no --broker-pid-file: the broker reads the new CRL only when restarted")
 
 
 class Worker:
@@ -34,11 +44,14 @@ class Worker:
         self.config = config
         self.clock = clock or SystemClock()
         self.ready = asyncio.Event()
+        self.api_ready = asyncio.Event()
         self.counters: Counter[str] = Counter()
         self._signer = Signer(load_private_key(config.signing_key_file))
         self._inbox: list[tuple[str, bytes]] = []
         self._wake = asyncio.Event()
         self.handler: RequestHandler | None = None
+        self._store: Store | None = None
+        self._broker_control: BrokerControl | None = None
 
     def _receive(self, topic: str, payload: bytes) -> None:
         self._inbox.append((topic, payload))
@@ -55,6 +68,11 @@ class Worker:
                 expiring_within_days=self.config.expiring_within_days,
             )
             log.info("loaded %d vehicles", len(self.handler.vehicles))
+            self._store = store
+            self._broker_control = self._make_broker_control()
+            if self._broker_control is not None:
+                # The CRL the broker reads must match the store, and must not expire.
+                await self._broker_control.publish_crl(await store.revoked_serials())
             link = MqttLink(
                 client_id=self.config.client_id,
                 tls=tls_context(self.config.ca_file, self.config.cert_file, self.config.key_file),
@@ -68,8 +86,60 @@ class Worker:
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._flush_loop(store, link), name="cloud-flush")
                 tg.create_task(self._connection_loop(link), name="cloud-connection")
+                if self.config.http_port is not None:
+                    tg.create_task(self._serve_api(), name="cloud-api")
+                if self._broker_control is not None:
+                    tg.create_task(
+                        self._broker_control.refresh_every(store.revoked_serials),
+                        name="cloud-crl-refresh",
+                    )
+        finally:
+            self._store = None
+            await store.close()
+
+    async def _serve_api(self) -> None:
+        # Imported here: a worker without the API does not pay for FastAPI.
+        from .api import create_app, serve_api
+
+        store = await Store.open(self.config.db_path)
+        try:
+            app = create_app(self.config, store, self, clock=self.clock)
+            await serve_api(app, self.config, ready=self.api_ready)
         finally:
             await store.close()
+
+    async def vehicle_registered(self, vid: str, key: PublicKey) -> None:
+        """Serve ``vid`` (enrolled or renewed) with ``key`` from now on; its counters stay."""
+        assert self.handler is not None
+        state = self.handler.vehicles.get(vid)
+        if state is None:
+            self.handler.vehicles[vid] = VehicleState(kid=kid_for(key), key=key)
+        else:
+            state.kid, state.key = kid_for(key), key
+
+    async def vehicle_revoked(self, vid: str) -> None:
+        """Refuse ``vid``'s messages from now on, and cut it off the broker."""
+        assert self.handler is not None
+        self.handler.vehicles.pop(vid, None)
+        self.handler.dirty.discard(vid)
+        if self._broker_control is not None and self._store is not None:
+            await self._broker_control.revoke(vid, await self._store.revoked_serials())
+
+    def _make_broker_control(self) -> BrokerControl | None:
+        c = self.config
+        if c.crl_file is None or c.ca_key_file is None:
+            if c.http_port is not None:
+                log.warning("no CRL file or CA key: revocations will not reach the broker")
+            return None
+        reload = sighup_from_pid_file(c.broker_pid_file) if c.broker_pid_file else _no_reload
+        return BrokerControl(
+            ca=CertificateAuthority.load(c.ca_file, c.ca_key_file),
+            crl_path=c.crl_file,
+            reload=reload,
+            broker_host=c.broker_host,
+            broker_port=c.broker_port,
+            tls=tls_context(c.ca_file, c.cert_file, c.key_file),
+        )
 
     async def _connection_loop(self, link: MqttLink) -> None:
         attempt = 0

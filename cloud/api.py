@@ -1,0 +1,265 @@
+"""The HTTPS API of docs/enrollment.md: the HTTP shell around ``registrar.Registrar``.
+
+The only module that imports fastapi, starlette and uvicorn. ``create_app`` builds the
+app; ``serve_api`` runs it in the caller's event loop, beside the MQTT worker. Every
+refusal is ``{"error": {"code", "message"}}``, counted in ``app.state.counters`` as
+``rejected.<code>``, and stores nothing. Request bodies are read whole (at most 16 KiB,
+within ``BODY_TIMEOUT_S``) before a route sees them.
+"""
+
+import asyncio
+import contextlib
+import logging
+import socket
+import ssl
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Final
+
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agent.protocol.clock import Clock, SystemClock
+
+from . import enrollment as en
+from .config import CloudConfig
+from .errors import ApiServeError, Refused, StoreError
+from .registrar import NoEvents, Registrar, VehicleEvents
+from .store import Store
+
+__all__ = ["NoEvents", "VehicleEvents", "create_app", "serve_api"]
+
+log = logging.getLogger(__name__)
+BODY_TIMEOUT_S: Final = 10.0
+SHUTDOWN_TIMEOUT_S: Final = 5.0
+LISTEN_BACKLOG: Final = 2048
+_CODES_BY_STATUS: Final = {404: "not_found", 405: "method_not_allowed"}
+
+
+def _error(counters: Counter[str], status: int, code: str, message: str) -> JSONResponse:
+    counters[f"rejected.{code}"] += 1
+    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    body = {"error": {"code": code, "message": message[:256]}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+class _BodyLimit:
+    """ASGI middleware: read the body whole; over ``limit`` bytes is 413, too slow is 408."""
+
+    def __init__(self, app: ASGIApp, limit: int, timeout_s: float, counters: Counter[str]) -> None:
+        self.app = app
+        self.limit = limit
+        self.timeout_s = timeout_s
+        self.counters = counters
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"0")
+        if not declared.isdigit() or int(declared) > self.limit:
+            await self._refuse(scope, receive, send, 413)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return  # the client went away
+                    chunk: bytes = message.get("body", b"")
+                    size += len(chunk)
+                    if size > self.limit:
+                        await self._refuse(scope, receive, send, 413)
+                        return
+                    chunks.append(chunk)
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            await self._refuse(scope, receive, send, 408)
+            return
+        body = b"".join(chunks)
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send, status: int) -> None:
+        if status == 413:
+            code, msg = "body_too_large", f"request bodies are at most {self.limit} bytes"
+        else:
+            code, msg = "body_timeout", f"the body did not arrive within {self.timeout_s} s"
+        await _error(self.counters, status, code, msg)(scope, receive, send)
+
+
+def _bearer(request: Request) -> str | None:
+    """The request's bearer token, or None when it has no well-formed one."""
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > 256:
+        return None
+    return token
+
+
+def create_app(
+    config: CloudConfig,
+    store: Store,
+    events: VehicleEvents,
+    *,
+    clock: Clock | None = None,
+    body_timeout_s: float = BODY_TIMEOUT_S,
+) -> FastAPI:
+    """The API app over an open ``store`` (its own connection); reads its key files now."""
+    reg = Registrar.load(config, store, events, clock or SystemClock())
+    app = FastAPI(title="CTPL cloud API", version="1", redirect_slashes=False)
+    app.state.counters = reg.counters
+    app.add_middleware(
+        _BodyLimit, limit=en.MAX_REQUEST_BYTES, timeout_s=body_timeout_s, counters=reg.counters
+    )
+    _add_error_handlers(app, reg.counters)
+
+    @app.post("/v1/fleets", status_code=201)
+    async def create_fleet(request: Request, req: en.FleetCreate) -> en.FleetCreated:
+        return await reg.create_fleet(_bearer(request), req)
+
+    @app.post("/v1/fleets/{fleet_id}/claims", status_code=201)
+    async def create_claims(
+        request: Request, fleet_id: str, req: en.ClaimsCreate
+    ) -> en.ClaimsCreated:
+        return await reg.create_claims(_bearer(request), fleet_id, req)
+
+    @app.post("/v1/enroll", status_code=201)
+    async def enroll(req: en.EnrollRequest) -> en.Enrollment:
+        return await reg.enroll(req)
+
+    @app.post("/v1/renew")
+    async def renew(req: en.RenewRequest) -> en.Enrollment:
+        return await reg.renew(req)
+
+    @app.get("/v1/keyset")
+    async def keyset() -> en.KeySetAnswer:
+        return en.KeySetAnswer(keyset=reg.keyset)
+
+    @app.post("/v1/vehicles/{vid}/revoke")
+    async def revoke(request: Request, vid: str, req: en.RevokeRequest | None = None) -> en.Revoked:
+        return await reg.revoke(_bearer(request), vid)
+
+    return app
+
+
+def _add_error_handlers(app: FastAPI, counters: Counter[str]) -> None:
+    async def refused(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, Refused)
+        return _error(counters, exc.status, exc.code, str(exc))
+
+    async def invalid(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, RequestValidationError)
+        errors = exc.errors()
+        err = errors[0] if errors else {}
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        return _error(counters, 422, "bad_request", f"{where or 'body'}: {err.get('msg')}")
+
+    async def http(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        code = _CODES_BY_STATUS.get(exc.status_code, f"http_{exc.status_code}")
+        return _error(counters, exc.status_code, code, str(exc.detail))
+
+    async def unavailable(_: Request, exc: Exception) -> Response:
+        log.error("store: %s", exc)
+        return _error(counters, 503, "unavailable", "the store is unavailable")
+
+    async def internal(_: Request, exc: Exception) -> Response:
+        return _error(counters, 500, "internal", "internal error")
+
+    app.add_exception_handler(Refused, refused)
+    app.add_exception_handler(RequestValidationError, invalid)
+    app.add_exception_handler(HTTPException, http)
+    app.add_exception_handler(StoreError, unavailable)
+    app.add_exception_handler(Exception, internal)
+
+
+class _Server(uvicorn.Server):
+    """uvicorn in a loop it does not own: no signal handlers, and a readiness event."""
+
+    def __init__(self, config: uvicorn.Config, ready: asyncio.Event | None) -> None:
+        super().__init__(config)
+        self._ready = ready
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield  # signals belong to whoever runs the loop
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started and self._ready is not None:
+            self._ready.set()
+
+
+def _tls(_: uvicorn.Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
+    context = default()
+    context.minimum_version = ssl.TLSVersion.TLSv1_2  # as the broker's listener
+    return context
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket (bound here: uvicorn would sys.exit() on a busy port)."""
+    family, kind, proto, _, addr = socket.getaddrinfo(
+        host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP, flags=socket.AI_PASSIVE
+    )[0]
+    # proto must be IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY on accepted sockets only
+    # then, and without it each keep-alive request waits ≈ 40 ms for a delayed ACK.
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(addr)
+        sock.listen(LISTEN_BACKLOG)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+async def serve_api(
+    app: FastAPI, config: CloudConfig, *, ready: asyncio.Event | None = None
+) -> None:
+    """Serve ``app`` over HTTPS on config.http_host:http_port until cancelled; sets ``ready``."""
+    if config.http_port is None or config.api_cert_file is None or config.api_key_file is None:
+        raise ApiServeError("the API needs http_port, api_cert_file and api_key_file")
+    uv = uvicorn.Config(
+        app,
+        ssl_certfile=config.api_cert_file,
+        ssl_keyfile=config.api_key_file,
+        ssl_context_factory=_tls,
+        log_config=None,
+        lifespan="off",
+        access_log=False,
+        server_header=False,
+        timeout_graceful_shutdown=int(SHUTDOWN_TIMEOUT_S),
+    )
+    try:
+        uv.load()
+        sock = _listen(config.http_host, config.http_port)
+    except (OSError, ssl.SSLError) as exc:
+        where = f"{config.http_host}:{config.http_port}"
+        raise ApiServeError(f"cannot serve the API on {where}: {exc}") from exc
+    server = _Server(uv, ready)
+    try:
+        await server.serve(sockets=[sock])
+    except asyncio.CancelledError:
+        if server.started:
+            async with asyncio.timeout(SHUTDOWN_TIMEOUT_S + 1):
+                await server.shutdown(sockets=[sock])
+        raise
+    finally:
+        sock.close()

@@ -1,0 +1,98 @@
+"""Revoking through the API cuts the car off the real broker at once; the other car stays."""
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from agent.protocol import messages
+from agent.protocol.keys import generate_private_key
+from cloud.config import CloudConfig
+from cloud.errors import LinkError
+from cloud.pki import DevPki, write_dev_pki
+from cloud.worker import Worker
+from simulator.broker import Mosquitto, free_port
+
+from .conftest import ADMIN_TOKEN, STEP_S, csr_pem, within
+from .test_with_worker import Car, Served
+
+AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+@pytest.fixture
+def own_pki(tmp_path: Path) -> DevPki:
+    return write_dev_pki(tmp_path / "pki", 0)
+
+
+@pytest.fixture
+def own_broker(own_pki: DevPki, tmp_path: Path) -> Iterator[Mosquitto]:
+    broker = Mosquitto(own_pki, tmp_path / "broker").start()
+    yield broker
+    broker.stop()
+
+
+@pytest.fixture
+async def served(own_pki: DevPki, own_broker: Mosquitto, tmp_path: Path) -> AsyncIterator[Served]:
+    config = CloudConfig.from_pki(
+        own_pki,
+        db_path=tmp_path / "cloud.db",
+        broker_port=own_broker.port,
+        http_port=free_port(),
+        admin_token=ADMIN_TOKEN,
+        crl_file=own_pki.crl,
+        broker_pid_file=own_broker.pid_file,
+    )
+    worker = Worker(config)
+    task = asyncio.create_task(worker.run(), name="test-worker-revoke")
+    try:
+        await within(worker.ready.wait())
+        await within(worker.api_ready.wait())
+        tls = ssl.create_default_context(cafile=own_pki.ca_cert)
+        async with httpx.AsyncClient(
+            base_url=f"https://127.0.0.1:{config.http_port}", verify=tls, timeout=STEP_S
+        ) as client:
+            yield Served(worker, client, own_pki, own_broker, tmp_path)
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await within(task)
+
+
+async def enroll_two(s: Served) -> list[Car]:
+    fleet = (await s.client.post("/v1/fleets", json={"name": "cut"}, headers=AUTH)).json()
+    claims = await s.client.post(
+        f"/v1/fleets/{fleet['fleet_id']}/claims",
+        json={"count": 2, "expires_in_s": 600},
+        headers={"Authorization": f"Bearer {fleet['operator_token']}"},
+    )
+    cars = []
+    for token in claims.json()["claim_tokens"]:
+        key = generate_private_key()
+        r = await s.client.post("/v1/enroll", json={"claim_token": token, "csr_pem": csr_pem(key)})
+        assert r.status_code == 201, r.text
+        car = Car(s, r.json()["vid"], key, r.json()["certificate_pem"])
+        await within(car.link.connect(s.broker.host, s.broker.port))
+        cars.append(car)
+    return cars
+
+
+async def test_revoking_disconnects_the_car_refuses_its_reconnect_and_spares_the_other(
+    served: Served,
+) -> None:
+    stolen, other = await enroll_two(served)
+    try:
+        r = await served.client.post(f"/v1/vehicles/{stolen.vid}/revoke", json={}, headers=AUTH)
+        assert r.status_code == 200, r.text
+        await within(stolen.link.wait_disconnected())
+        with pytest.raises(LinkError):
+            await stolen.link.connect(served.broker.host, served.broker.port, timeout_s=3.0)
+        assert other.link.connected
+        other.ask(seq=1)
+        state = await other.reply()
+        assert isinstance(state, messages.PolicyState) and state.reply_to == 1
+    finally:
+        for car in (stolen, other):
+            await within(car.link.close())
