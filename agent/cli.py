@@ -1,7 +1,8 @@
-"""``ctpl-agent``: run the in-vehicle agent, or show the stored policy state after re-verifying it.
+"""``ctpl-agent``: enroll, renew the certificate, run the agent, or show the verified state.
 
-Exit codes: 0 success (a verified state shown, or a clean stop), 1 nothing verified
-to show or the agent failed, 2 usage or configuration errors.
+Exit codes: 0 success (enrolled, renewed or not due, a verified state shown, a clean
+stop), 1 nothing verified to show, enrollment or renewal failed, or the agent failed;
+2 usage or configuration errors.
 """
 
 import argparse
@@ -15,10 +16,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Final
 
-from . import display, inbox
+from . import display, inbox, provisioning
 from .config import load_config
-from .errors import AgentError, ConfigError, StoreError
-from .keyring import load_pinned_keys
+from .errors import AgentError, ConfigError, EnrollmentError, StoreError
+from .keyring import load_pinned_keys, load_trusted_keys
 from .protocol import topics
 from .protocol.clock import SystemClock
 from .protocol.errors import TopicError
@@ -76,20 +77,56 @@ def _parser() -> argparse.ArgumentParser:
         "status",
         help="show the stored policy state, only if it verifies with a pinned cloud key",
         description="Re-verify the stored record's signature, then show it; print "
-        "'status unverified' (exit 1) if nothing verified and fresh is stored.",
+        "'status unverified' (exit 1) if nothing verified and fresh is stored. "
+        "Give --config (store, vid and pinned keys, key set included), or --db and --cloud-key.",
     )
-    status.add_argument("--db", type=Path, required=True, help="the agent's SQLite file")
+    status.add_argument("--config", type=Path, help="the agent's config file")
+    status.add_argument("--db", type=Path, help="the agent's SQLite file")
     status.add_argument(
         "--cloud-key",
         type=Path,
         action="append",
-        required=True,
         help="a pinned cloud message-signing public key (PEM); repeat for several",
     )
     status.add_argument("--vid", help="refuse a record for any other vehicle id")
     status.add_argument("--json", action="store_true", help="print one JSON object")
     status.add_argument("--now", type=_aware, help="the instant to judge at (ISO 8601 with offset)")
+    _add_enroll(sub)
+    renew = sub.add_parser(
+        "renew",
+        help="renew the car's certificate with a new key when a third of its life is left",
+        description="Sign a CSR for a new key with the current one, send it to the cloud, "
+        "verify the answer and swap key and certificate atomically.",
+    )
+    renew.add_argument("--config", type=Path, required=True, help="the agent's config file")
+    renew.add_argument("--force", action="store_true", help="renew even if not due yet")
     return parser
+
+
+def _add_enroll(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> None:
+    enroll = sub.add_parser(
+        "enroll",
+        help="enroll this gateway with a one-time claim token (zero-touch)",
+        description="Make a P-256 key, send a CSR with the claim token over HTTPS, verify "
+        "the answer, and install the identity directory (key, certificate, CA, key set, "
+        "agent.toml for 'run --config') whole or not at all.",
+    )
+    enroll.add_argument("--cloud", required=True, help="the cloud's API, https://host[:port]")
+    enroll.add_argument("--claim", required=True, help="the one-time claim token")
+    enroll.add_argument("--vin", help="the vehicle's VIN (stored by the cloud, never shown)")
+    enroll.add_argument("--fleet", dest="fleet_id", help="the fleet the claim belongs to")
+    enroll.add_argument("--dir", type=Path, required=True, help="the identity directory to make")
+    enroll.add_argument(
+        "--root-key", type=Path, required=True, help="the pinned root public key (PEM)"
+    )
+    enroll.add_argument("--ca", type=Path, help="CA bundle for the API (default: system trust)")
+    enroll.add_argument("--force", action="store_true", help="replace an existing identity")
+    enroll.add_argument(
+        "--timeout",
+        type=float,
+        default=provisioning.ENROLL_TIMEOUT_S,
+        help="seconds to wait for the cloud (default %(default)s)",
+    )
 
 
 async def _stored_state(db: Path, keys: dict[str, PublicKey], vid: str | None) -> PolicyState | str:
@@ -112,8 +149,15 @@ async def _stored_state(db: Path, keys: dict[str, PublicKey], vid: str | None) -
 
 
 def _status(args: argparse.Namespace) -> int:
-    keys = load_pinned_keys(args.cloud_key)
     now = args.now or SystemClock().now()
+    if args.config is None:
+        keys = load_pinned_keys(args.cloud_key)
+    else:
+        config = load_config(args.config)
+        pinned = (*config.cloud_keys, *(args.cloud_key or ()))
+        keys = load_trusted_keys(pinned, config.keyset_file, config.root_key, now)
+        args.db = args.db or config.db_path
+        args.vid = args.vid or config.vid
     if not args.db.is_file():
         found: PolicyState | str = f"no store at {args.db}"
     else:
@@ -157,6 +201,49 @@ def _run(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _enroll(args: argparse.Namespace) -> int:
+    try:
+        found = asyncio.run(
+            provisioning.enroll(
+                args.cloud,
+                args.claim,
+                args.dir,
+                args.root_key,
+                vin=args.vin,
+                fleet_id=args.fleet_id,
+                api_ca_file=args.ca,
+                force=args.force,
+                timeout_s=args.timeout,
+            )
+        )
+    except EnrollmentError as exc:
+        print(f"ctpl-agent: enrollment failed: {exc}", file=sys.stderr)
+        return EXIT_UNVERIFIED
+    print(f"enrolled as {found.vid}; certificate valid until {found.not_after.isoformat()}")
+    print(f"run it with: ctpl-agent run --config {args.dir / 'agent.toml'}")
+    return EXIT_OK
+
+
+async def _renew_now(args: argparse.Namespace) -> provisioning.Renewed | provisioning.NotDue:
+    config = load_config(args.config)
+    async with Store(config.db_path) as store:
+        return await provisioning.renew(config, store, SystemClock().now(), force=args.force)
+
+
+def _renew(args: argparse.Namespace) -> int:
+    try:
+        outcome = asyncio.run(_renew_now(args))
+    except (EnrollmentError, StoreError) as exc:
+        print(f"ctpl-agent: renewal failed: {exc}", file=sys.stderr)
+        return EXIT_UNVERIFIED
+    until = outcome.not_after.isoformat()
+    if isinstance(outcome, provisioning.NotDue):
+        print(f"not due: certificate valid until {until} (--force renews anyway)")
+    else:
+        print(f"renewed: new key and certificate valid until {until}")
+    return EXIT_OK
+
+
 def _leaf(exc: BaseException) -> BaseException:
     while isinstance(exc, BaseExceptionGroup):
         exc = exc.exceptions[0]
@@ -165,9 +252,13 @@ def _leaf(exc: BaseException) -> BaseException:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``ctpl-agent``; returns the exit code."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "status" and args.config is None and not (args.db and args.cloud_key):
+        parser.error("status needs --config, or --db and --cloud-key")
+    commands = {"status": _status, "run": _run, "enroll": _enroll, "renew": _renew}
     try:
-        return _status(args) if args.command == "status" else _run(args)
+        return commands[args.command](args)
     except ConfigError as exc:
         print(f"ctpl-agent: {exc}", file=sys.stderr)
         return EXIT_USAGE

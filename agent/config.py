@@ -6,13 +6,24 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from .enrollment import check_cloud_url
 from .errors import ConfigError
 from .protocol import topics
 from .protocol.errors import TopicError
 
-PATH_FIELDS: Final = frozenset({"key_file", "cert_file", "ca_file", "db_path"})
+PATH_FIELDS: Final = frozenset(
+    {"key_file", "cert_file", "ca_file", "db_path", "root_key", "keyset_file", "api_ca_file"}
+)
+RENEWAL_CHECK_S: Final = 12 * 3600.0
 
 
 class AgentConfig(BaseModel):
@@ -24,7 +35,16 @@ class AgentConfig(BaseModel):
     key_file: Path
     cert_file: Path
     ca_file: Path
-    cloud_keys: Annotated[tuple[Path, ...], Field(min_length=1)]
+    cloud_keys: tuple[Path, ...] = ()
+    """Pinned cloud signing keys; the agent trusts these and the usable keys of keyset_file."""
+    root_key: Path | None = None
+    """The pinned root public key that signs key sets (shipped with the gateway image)."""
+    keyset_file: Path | None = None
+    """The last key set accepted (its envelope, as received); needs root_key."""
+    cloud_url: str | None = None
+    """The cloud's HTTPS API, for certificate renewal; none: no renewal."""
+    api_ca_file: Path | None = None
+    """The CA bundle that authenticates the API; none: the system's trust store."""
     broker_host: str = "127.0.0.1"
     broker_port: Annotated[int, Field(ge=1, le=65535)] = 8883
     db_path: Path
@@ -36,6 +56,10 @@ class AgentConfig(BaseModel):
     reconnect_min_s: Annotated[float, Field(gt=0)] = 1.0
     reconnect_max_s: Annotated[float, Field(gt=0)] = 300.0
     operation_timeout_s: Annotated[float, Field(gt=0)] = 15.0
+    renewal_check_s: Annotated[float, Field(gt=0)] = RENEWAL_CHECK_S
+    """How often the running agent asks whether its certificate needs renewing."""
+    renewal_retry_s: Annotated[float, Field(gt=0)] = 300.0
+    """The first wait after a failed renewal; it doubles up to renewal_check_s."""
 
     @field_validator("vid")
     @classmethod
@@ -44,6 +68,19 @@ class AgentConfig(BaseModel):
             return topics.check_vid(vid)
         except TopicError as exc:
             raise ValueError(str(exc)) from None
+
+    @field_validator("cloud_url")
+    @classmethod
+    def _cloud_url_https(cls, url: str | None) -> str | None:
+        return None if url is None else check_cloud_url(url)
+
+    @model_validator(mode="after")
+    def _trusts_something(self) -> "AgentConfig":
+        if self.keyset_file is not None and self.root_key is None:
+            raise ValueError("keyset_file needs root_key to verify it against")
+        if not self.cloud_keys and self.keyset_file is None:
+            raise ValueError("no cloud_keys and no keyset_file: the agent would trust nothing")
+        return self
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -64,6 +101,22 @@ def _anchor(value: Any, base: Path) -> Any:
     if isinstance(value, str) and not Path(value).is_absolute():
         return str(base / value)
     return value
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool | int | float):
+        return json.dumps(value)
+    if isinstance(value, str | Path):
+        # A JSON string is a TOML basic string.
+        return json.dumps(str(value), ensure_ascii=False)
+    if isinstance(value, tuple | list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"no TOML form for {type(value).__name__}")
+
+
+def dumps_toml(settings: Mapping[str, object]) -> str:
+    """A flat TOML file of ``settings`` (None values left out), loadable by ``load_config``."""
+    return "".join(f"{k} = {_toml_value(v)}\n" for k, v in settings.items() if v is not None)
 
 
 def load_config(

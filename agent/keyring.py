@@ -1,29 +1,57 @@
-"""The car's own signing key and the pinned cloud keys, loaded from PEM files."""
+"""The keys the agent trusts: pinned cloud keys, the root key, and the held key set.
 
-import logging
+The car's own key is loaded through ``keystore``.
+"""
+
 from collections.abc import Iterable
+from datetime import datetime
 from pathlib import Path
 
-from .errors import ConfigError
-from .protocol.envelope import Signer
-from .protocol.keys import PublicKey, kid_for, load_private_key, load_public_key
-
-log = logging.getLogger(__name__)
+from . import keyset
+from .errors import ConfigError, KeySetError
+from .protocol.keys import PublicKey, kid_for, load_public_key
 
 
-def load_signer(key_file: Path) -> Signer:
-    """A Signer over the car's P-256 private key in ``key_file``; raise ConfigError."""
+def load_root_key(path: Path) -> PublicKey:
+    """The pinned root public key that signs key sets; raise ConfigError."""
     try:
-        signer = Signer(load_private_key(key_file))
-        mode = key_file.stat().st_mode
-    except (OSError, ValueError, TypeError) as exc:
-        raise ConfigError(f"{key_file}: cannot load the car's private key: {exc}") from exc
-    if mode & 0o077:
-        log.warning("%s: the car's private key is readable by others (mode %o)", key_file, mode)
-    return signer
+        return load_public_key(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: cannot load the pinned root key: {exc}") from exc
 
 
-def load_pinned_keys(paths: Iterable[Path]) -> dict[str, PublicKey]:
+def load_keyset(path: Path, root: PublicKey) -> keyset.KeySet | None:
+    """The key set held in ``path`` if it verifies against ``root``; None if there is none.
+
+    Raise ConfigError when the file cannot be read or does not verify.
+    """
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the key set: {exc}") from exc
+    try:
+        return keyset.verify(data, root)
+    except KeySetError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def load_trusted_keys(
+    cloud_keys: Iterable[Path], keyset_file: Path | None, root_key: Path | None, now: datetime
+) -> dict[str, PublicKey]:
+    """The pinned cloud keys plus the key set's keys usable at ``now``; raise ConfigError."""
+    keys = load_pinned_keys(cloud_keys, allow_none=True)
+    if keyset_file is not None and root_key is not None:
+        held = load_keyset(keyset_file, load_root_key(root_key))
+        if held is not None:
+            keys |= held.usable(now)
+    if not keys:
+        raise ConfigError("no usable pinned cloud key: the agent would trust nothing")
+    return keys
+
+
+def load_pinned_keys(paths: Iterable[Path], *, allow_none: bool = False) -> dict[str, PublicKey]:
     """The pinned cloud signing keys by kid, from PEM public keys or certificates."""
     keys: dict[str, PublicKey] = {}
     for path in paths:
@@ -32,6 +60,6 @@ def load_pinned_keys(paths: Iterable[Path]) -> dict[str, PublicKey]:
         except (OSError, ValueError) as exc:
             raise ConfigError(f"{path}: cannot load a pinned cloud key: {exc}") from exc
         keys[kid_for(key)] = key
-    if not keys:
+    if not keys and not allow_none:
         raise ConfigError("no pinned cloud key: the agent would trust nothing")
     return keys

@@ -3,24 +3,30 @@
 ``Agent.run`` holds one MQTT session at a time and reconnects with capped, jittered
 exponential backoff when it drops. Incoming messages are verified (inbox), judged
 (policy) and stored; nothing that fails on the way changes stored state or stops the agent.
+Beside the session, it checks at start and every ``renewal_check_s`` whether the
+certificate needs renewing; after a renewal it reloads key, certificate and pinned keys
+and ends the session, so that the next one uses them.
 """
 
 import asyncio
 import contextlib
 import logging
 import random
+import ssl
 from collections import Counter
 from typing import Final
 
-from . import inbox
+from . import identity, inbox, provisioning
 from .backoff import Backoff
 from .config import AgentConfig
-from .errors import AgentError, LinkError, NotConnectedError, StateTimeoutError
-from .keyring import load_pinned_keys, load_signer
+from .errors import AgentError, ConfigError, LinkError, NotConnectedError, StateTimeoutError
+from .keyring import load_trusted_keys
+from .keystore import FileKeyStore, KeySigner
 from .link import Link, Received, open_link, tls_context
 from .policy import Accept, Duplicate, Refuse, decide
 from .protocol import messages, topics
 from .protocol.clock import Clock, SystemClock
+from .protocol.keys import PublicKey
 from .protocol.messages import ErrorReply, PolicyState, StatusRequest
 from .store import Store
 
@@ -34,14 +40,20 @@ class _StopRequested(Exception):
     """Raised inside the session's TaskGroup to end it cleanly."""
 
 
+class _ReconnectRequested(Exception):
+    """Raised inside the session's TaskGroup to end it so that the next one uses a new identity."""
+
+
 class Agent:
     """One car's agent; run it once with ``run()``, end it with ``stop()``.
 
-    Construction loads the keys and TLS files and raises ConfigError if one is unusable.
+    Construction finishes or discards an interrupted renewal, then loads the keys (the
+    pinned ones and the key set's) and TLS files; it raises ConfigError if one is unusable.
 
     ``counters`` tallies every incoming message's outcome: ``accepted``, ``duplicate``,
     ``error_reply``, or the reason it was dropped (``bad_signature``, ``rollback``, …);
-    ``link_failures`` tallies lost or failed sessions by LinkError reason.
+    ``link_failures`` tallies lost or failed sessions by LinkError reason;
+    ``renewals`` tallies renewal checks: ``renewed``, ``not_due``, ``failed``.
     """
 
     def __init__(
@@ -50,11 +62,15 @@ class Agent:
         self.config = config
         self.counters: Counter[str] = Counter()
         self.link_failures: Counter[str] = Counter()
+        self.renewals: Counter[str] = Counter()
         self._clock = clock or SystemClock()
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
-        self._signer = load_signer(config.key_file)
-        self._keys = load_pinned_keys(config.cloud_keys)
-        self._tls = tls_context(config)
+        try:
+            identity.recover(config.key_file, config.cert_file)
+        except OSError as exc:
+            raise ConfigError(f"{config.key_file}: cannot recover a renewal: {exc}") from exc
+        self._signer, self._keys, self._tls, self._cert_pem = self._load_identity()
+        self._reconnect = asyncio.Event()
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
         self._state: PolicyState | None = None
         self._last_error: ErrorReply | None = None
@@ -92,9 +108,71 @@ class Agent:
             self._store = store
             try:
                 await self._load_stored(store)
-                await self._stay_connected(store)
+                async with asyncio.TaskGroup() as tg:
+                    renewing = tg.create_task(
+                        self._renew_periodically(store), name=f"agent-{self.config.vid}-renewal"
+                    )
+                    await self._stay_connected(store)
+                    renewing.cancel()
             finally:
                 self._store = None
+
+    def _load_identity(self) -> tuple[KeySigner, dict[str, PublicKey], ssl.SSLContext, bytes]:
+        """The signer, trusted keys, TLS context and certificate bytes, from the files."""
+        config = self.config
+        try:
+            cert_pem = config.cert_file.read_bytes()
+        except OSError as exc:
+            raise ConfigError(f"{config.cert_file}: {exc.strerror or exc}") from exc
+        signer = KeySigner(FileKeyStore.load(config.key_file))
+        keys = load_trusted_keys(
+            config.cloud_keys, config.keyset_file, config.root_key, self._clock.now()
+        )
+        return signer, keys, tls_context(config), cert_pem
+
+    async def _renew_periodically(self, store: Store) -> None:
+        """Check at start, then every renewal_check_s; after a failure retry sooner, backing off."""
+        if self.config.cloud_url is None:
+            log.info("%s: no cloud_url configured: certificate renewal is off", self.config.vid)
+            return
+        retry = Backoff(self.config.renewal_retry_s, self.config.renewal_check_s)
+        failures = 0
+        while True:
+            if await self._renew_once(store):
+                failures = 0
+                delay = self.config.renewal_check_s
+            else:
+                delay = retry.delay(failures, self._rng.random())
+                failures += 1
+            await asyncio.sleep(delay)
+
+    async def _renew_once(self, store: Store) -> bool:
+        """One renewal check; False when it failed (and should be retried sooner)."""
+        vid = self.config.vid
+        try:
+            outcome = await provisioning.renew(self.config, store, self._clock.now())
+        except Exception as exc:  # a failed renewal is retried later, never fatal
+            self.renewals["failed"] += 1
+            log.warning("%s: certificate renewal failed: %s", vid, exc)
+            return False
+        if isinstance(outcome, provisioning.NotDue):
+            self.renewals["not_due"] += 1
+            log.debug("%s: certificate valid until %s; no renewal due", vid, outcome.not_after)
+        else:
+            self.renewals["renewed"] += 1
+            log.info("%s: certificate renewed, valid until %s", vid, outcome.not_after)
+        # Also picks up a renewal made meanwhile by `ctpl-agent renew`.
+        try:
+            changed = self.config.cert_file.read_bytes() != self._cert_pem
+            if changed:
+                self._signer, self._keys, self._tls, self._cert_pem = self._load_identity()
+        except (OSError, ConfigError) as exc:  # verified before the swap, so not expected
+            log.error("%s: the renewed identity does not load: %s", vid, exc)
+            return True
+        if changed:
+            log.info("%s: reconnecting with the renewed certificate", vid)
+            self._reconnect.set()
+        return True
 
     async def wait_for_state(
         self, timeout_s: float, *, min_version: int = 1, min_seq: int = 1
@@ -140,6 +218,7 @@ class Agent:
         attempt = 0
         while not self._stopping.is_set():
             connected_at: float | None = None
+            self._reconnect.clear()
             try:
                 async with open_link(self.config, self._tls) as link:
                     connected_at = self._clock.monotonic()
@@ -150,6 +229,9 @@ class Agent:
                 log.warning("%s: link down: %s", self.config.vid, group.exceptions[0])
             if self._stopping.is_set():
                 return
+            if self._reconnect.is_set():
+                attempt = 0
+                continue
             # Only a session that held resets the backoff: one that is kicked at once
             # (another client with this id, a revoked cert) must not retry in a tight loop.
             if connected_at is not None and self._clock.monotonic() - connected_at >= STABLE_S:
@@ -171,14 +253,21 @@ class Agent:
                 tg.create_task(self._receive(link, store), name=f"agent-{vid}-receive")
                 tg.create_task(self._report(link, store), name=f"agent-{vid}-status")
                 tg.create_task(self._watch_stop(), name=f"agent-{vid}-stop")
+                tg.create_task(self._watch_reconnect(), name=f"agent-{vid}-reconnect")
         except* _StopRequested:
             log.info("%s: stopping", vid)
+        except* _ReconnectRequested:
+            log.info("%s: ending the session to use the renewed identity", vid)
         finally:
             self._link = None
 
     async def _watch_stop(self) -> None:
         await self._stopping.wait()
         raise _StopRequested
+
+    async def _watch_reconnect(self) -> None:
+        await self._reconnect.wait()
+        raise _ReconnectRequested
 
     async def _report(self, link: Link, store: Store) -> None:
         """Ask on connect and every status interval; ask again, backing off, while unanswered.

@@ -258,7 +258,7 @@ async def test_run_command_syncs_and_stops_on_sigterm(
     toml.write_text(
         "\n".join(
             f"{name} = {json.dumps([str(p) for p in value] if name == 'cloud_keys' else value)}"
-            for name, value in config.model_dump(mode="json").items()
+            for name, value in config.model_dump(mode="json", exclude_none=True).items()
         )
     )
     proc = await asyncio.create_subprocess_exec(

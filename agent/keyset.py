@@ -1,0 +1,99 @@
+"""Key sets: the cloud's message-signing keys, signed by the pinned root key. Pure.
+
+A key set is an envelope on topic ``ctpl/v1/keyset`` signed by the root key, whose body
+is ``{"type": "keyset", "version", "issued_at", "keys": [{"kid", "public_key_pem",
+"not_after"}]}`` (docs/enrollment.md). It is accepted only if it verifies against the
+root key and its ``version`` is higher than the one held; a key is usable until its
+``not_after`` (none: no cut-off), which is how a rolled signing key is retired.
+"""
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Annotated, Final, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import KeySetError
+from .protocol import envelope
+from .protocol.errors import ProtocolError
+from .protocol.keys import PublicKey, kid_for, load_public_key
+
+TOPIC: Final = "ctpl/v1/keyset"
+MAX_KEYS: Final = 16
+
+
+class KeyEntry(BaseModel):
+    """One cloud signing key and its cut-off."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    kid: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
+    public_key_pem: Annotated[str, Field(min_length=1, max_length=1024)]
+    not_after: AwareDatetime | None = None
+
+
+class KeySetBody(BaseModel):
+    """The body of a key set envelope."""
+
+    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
+
+    type: Literal["keyset"]
+    version: Annotated[int, Field(ge=1, le=2**53)]
+    issued_at: AwareDatetime
+    keys: Annotated[tuple[KeyEntry, ...], Field(min_length=1, max_length=MAX_KEYS)]
+
+
+@dataclass(frozen=True, slots=True)
+class KeySet:
+    """A key set that verified against the root key: the exact envelope, body and keys."""
+
+    envelope: bytes
+    body: KeySetBody
+    keys: dict[str, tuple[PublicKey, datetime | None]]
+
+    @property
+    def version(self) -> int:
+        """The key set's version."""
+        return self.body.version
+
+    def usable(self, now: datetime) -> dict[str, PublicKey]:
+        """The keys by kid whose cut-off is still ahead at ``now``."""
+        return {
+            kid: key
+            for kid, (key, not_after) in self.keys.items()
+            if not_after is None or not_after > now
+        }
+
+
+def verify(data: bytes, root: PublicKey, *, held_version: int | None = None) -> KeySet:
+    """The key set in envelope ``data`` if ``root`` signed it and it is newer than held.
+
+    Raise KeySetError with ``reason``: the envelope's code (``bad_envelope``,
+    ``unknown_key``, ``bad_signature``), ``bad_body``, ``bad_key`` or ``rollback``.
+    """
+    try:
+        body_bytes = envelope.open_with(TOPIC, data, {kid_for(root): root})
+    except ProtocolError as exc:
+        raise KeySetError(f"key set does not verify: {exc}", reason=exc.code) from exc
+    try:
+        body = KeySetBody.model_validate_json(body_bytes)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise KeySetError(f"key set body: {where}: {first['msg']}", reason="bad_body") from None
+    if held_version is not None and body.version <= held_version:
+        raise KeySetError(
+            f"key set version {body.version} is not newer than {held_version}", reason="rollback"
+        )
+    keys: dict[str, tuple[PublicKey, datetime | None]] = {}
+    for entry in body.keys:
+        try:
+            key = load_public_key(entry.public_key_pem.encode("ascii"))
+        except (ValueError, UnicodeEncodeError) as exc:
+            raise KeySetError(f"key {entry.kid}: {exc}", reason="bad_key") from None
+        if kid_for(key) != entry.kid:
+            raise KeySetError(f"key {entry.kid}: kid does not match the key", reason="bad_key")
+        if entry.kid in keys:
+            raise KeySetError(f"key {entry.kid} listed twice", reason="bad_key")
+        keys[entry.kid] = (key, entry.not_after)
+    return KeySet(envelope=data, body=body, keys=keys)
