@@ -1,4 +1,5 @@
-"""``ctpl-cloud``: run a request worker, make a development PKI, import vehicles and policies."""
+"""``ctpl-cloud``: run a request worker, make a development PKI, import vehicles and policies,
+roll the message-signing key."""
 
 import argparse
 import asyncio
@@ -6,6 +7,7 @@ import contextlib
 import logging
 import os
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from .config import CloudConfig
@@ -29,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--cert", type=Path, help="the cloud's client certificate (CN ctpl-cloud)")
     s.add_argument("--key", type=Path, help="the cloud's client key")
     s.add_argument("--signing-key", type=Path, help="the cloud's message-signing key")
+    s.add_argument(
+        "--signing-keys",
+        type=Path,
+        help="the signing-key ring (used when it exists; else --signing-key)",
+    )
     s.add_argument("--http-host", default="127.0.0.1", help="the HTTPS API's address")
     s.add_argument("--http-port", type=int, help="serve the HTTPS API (enrollment) on this port")
     s.add_argument(
@@ -56,10 +63,35 @@ def _parser() -> argparse.ArgumentParser:
     k.add_argument("--out", type=Path, required=True, help="directory to write into")
     k.add_argument("--cars", type=int, default=20, help="how many car identities (default 20)")
 
+    r = sub.add_parser(
+        "roll-signing-key",
+        help="make a new message-signing key; the current one verifies until a cut-off",
+        description="Add a new P-256 signing key to the ring, give the key in service a "
+        "cut-off of now + the overlap, drop keys past their cut-off, and bump the key-set "
+        "version. A running `ctpl-cloud serve` uses the new ring when restarted.",
+    )
+    where = r.add_mutually_exclusive_group(required=True)
+    where.add_argument("--pki", type=Path, help="a dev PKI directory (its signing-keys.json)")
+    where.add_argument("--keys", type=Path, help="the signing-key ring file")
+    r.add_argument(
+        "--signing-key",
+        type=Path,
+        help="with --keys and no ring yet: the key in service, to start the ring from",
+    )
+    r.add_argument(
+        "--overlap-days",
+        type=float,
+        default=7.0,
+        help="how long the old key still verifies (default 7)",
+    )
+
     i = sub.add_parser("import", help="register vehicles and seed policies in the store")
     i.add_argument("--db", type=Path, required=True)
     i.add_argument("--vehicles", type=Path, help="vehicles.json written by dev-pki")
     i.add_argument("--policies", type=Path, help="policies.json (list of policy records)")
+    i.add_argument(
+        "--policies-by-vin", type=Path, help="policies a vehicle gets when it enrolls with a VIN"
+    )
     return p
 
 
@@ -79,6 +111,7 @@ def _serve_config(a: argparse.Namespace, environ: dict[str, str] | None = None) 
         "key_file": a.key,
         "signing_key_file": a.signing_key,
     }
+    ring = a.signing_keys
     api_files = {
         "ca_key_file": a.ca_key,
         "root_key_file": a.root_key,
@@ -99,12 +132,15 @@ def _serve_config(a: argparse.Namespace, environ: dict[str, str] | None = None) 
         }
         files = {k: v or defaults[k] for k, v in files.items()}
         api_files = {k: v or defaults[k] for k, v in api_files.items()}
+        ring = ring or pki.signing_keys
+    if ring is not None and files["signing_key_file"] is None:
+        del files["signing_key_file"]
     missing = [k for k, v in files.items() if v is None]
     if a.http_port is not None:
         missing += [k for k, v in api_files.items() if v is None]
     if missing:
         raise SystemExit(
-            f"ctpl-cloud serve: give --pki or all of --ca --cert --key --signing-key "
+            f"ctpl-cloud serve: give --pki or all of --ca --cert --key --signing-key(s) "
             f"(and with --http-port: --ca-key --root-key --api-cert --api-key) "
             f"(missing {', '.join(missing)})"
         )
@@ -112,6 +148,7 @@ def _serve_config(a: argparse.Namespace, environ: dict[str, str] | None = None) 
         {
             **files,
             **api_files,
+            "signing_keys_file": ring,
             "db_path": a.db,
             "broker_host": a.broker_host,
             "broker_port": a.broker_port,
@@ -132,12 +169,28 @@ async def _import(a: argparse.Namespace) -> None:
 
     store = await Store.open(a.db)
     async with store:
-        nv, np = await import_files(store, a.vehicles, a.policies)
+        nv, np = await import_files(store, a.vehicles, a.policies, a.policies_by_vin)
     print(f"imported {nv} vehicles and {np} policies into {a.db}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of ``ctpl-cloud``; returns the exit code."""
+def _roll(a: argparse.Namespace, now: datetime) -> None:
+    from .signing_keys import describe, roll_file
+
+    if a.overlap_days < 0:
+        raise SystemExit("ctpl-cloud roll-signing-key: --overlap-days cannot be negative")
+    if a.pki is not None:
+        pki = DevPki(a.pki)
+        ring, first = pki.signing_keys, a.signing_key or pki.signing_key
+    else:
+        ring, first = a.keys, a.signing_key
+    rolled = roll_file(ring, now, timedelta(days=a.overlap_days), first_key_file=first)
+    print(f"rolled the signing-key ring {ring}")
+    for line in describe(rolled):
+        print(f"  {line}")
+
+
+def main(argv: list[str] | None = None, *, now: datetime | None = None) -> int:
+    """Entry point of ``ctpl-cloud``; returns the exit code. ``now``: for tests of a roll."""
     a = _parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if getattr(a, "verbose", False) else logging.INFO,
@@ -149,6 +202,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote a dev PKI with {a.cars} cars to {pki.root}")
         elif a.command == "import":
             asyncio.run(_import(a))
+        elif a.command == "roll-signing-key":
+            _roll(a, now or datetime.now(UTC))
         else:
             from .worker import Worker
 

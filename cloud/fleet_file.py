@@ -28,12 +28,9 @@ class VehicleEntry(BaseModel):
     cert: Path
 
 
-class PolicyEntry(BaseModel):
-    """One line of policies.json."""
-
+class _PolicyFields(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    vid: Vid
     insurer_code: str = Field(min_length=1, max_length=64)
     insurer_name: str = Field(min_length=1, max_length=64)
     policy_no_masked: str = Field(pattern=r"^[A-Z0-9*]{4,32}$")
@@ -42,9 +39,24 @@ class PolicyEntry(BaseModel):
     source: str = Field(min_length=1, max_length=64)
     verified_at: AwareDatetime
 
-    def record(self) -> PolicyRecord:
-        """As the store's record."""
-        return PolicyRecord(**self.model_dump())
+    def record(self, vid: str) -> PolicyRecord:
+        """As the store's record for ``vid``."""
+        return PolicyRecord(vid=vid, **self.model_dump(exclude={"vid", "vin"}))
+
+
+class PolicyEntry(_PolicyFields):
+    """One line of policies.json: a policy for a registered vid."""
+
+    vid: Vid
+
+
+class PolicySeedEntry(_PolicyFields):
+    """One line of a policies-by-VIN file: the policy a vehicle gets when it enrolls.
+
+    A stand-in for looking the policy up at the sources by VIN (a later issue).
+    """
+
+    vin: str = Field(pattern=r"^[A-HJ-NPR-Z0-9]{17}$")
 
 
 def _load(path: Path, adapter: TypeAdapter[list[T]]) -> list[T]:
@@ -59,9 +71,9 @@ def _load(path: Path, adapter: TypeAdapter[list[T]]) -> list[T]:
 
 
 async def import_files(
-    store: Store, vehicles: Path | None, policies: Path | None
+    store: Store, vehicles: Path | None, policies: Path | None, seeds: Path | None = None
 ) -> tuple[int, int]:
-    """Register vehicles (with their certificates' keys) and upsert policies; return the counts."""
+    """Register vehicles, upsert policies by vid and seed policies by VIN; return the counts."""
     nv = np = 0
     if vehicles is not None:
         for v in _load(vehicles, TypeAdapter(list[VehicleEntry])):
@@ -79,6 +91,10 @@ async def import_files(
             nv += 1
     if policies is not None:
         for p in _load(policies, TypeAdapter(list[PolicyEntry])):
-            await store.put_policy(p.record())
+            await store.put_policy(p.record(p.vid))
+            np += 1
+    if seeds is not None:
+        for seed in _load(seeds, TypeAdapter(list[PolicySeedEntry])):
+            await store.put_policy_seed(seed.vin, seed.record("v0000000"))
             np += 1
     return nv, np

@@ -50,6 +50,16 @@ CREATE TABLE IF NOT EXISTS policies (
     verified_at TEXT NOT NULL,
     override TEXT
 ) STRICT;
+CREATE TABLE IF NOT EXISTS policy_seeds (
+    vin TEXT PRIMARY KEY,
+    insurer_code TEXT NOT NULL,
+    insurer_name TEXT NOT NULL,
+    policy_no_masked TEXT NOT NULL,
+    coverage_start TEXT NOT NULL,
+    coverage_end TEXT NOT NULL,
+    source TEXT NOT NULL,
+    verified_at TEXT NOT NULL
+) STRICT;
 CREATE TABLE IF NOT EXISTS counters (
     vid TEXT PRIMARY KEY REFERENCES vehicles(vid),
     last_seq INTEGER NOT NULL,
@@ -184,7 +194,9 @@ class Store:
             "WHERE v.revoked_at IS NULL"
         )
         try:
-            async with self._db.execute(sql) as cur:
+            # Under the lock: a read left open on this connection while another coroutine
+            # begins a write would pin an old snapshot and make that write fail at once.
+            async with self._lock, self._db.execute(sql) as cur:
                 async for vid, kid, pem, last, down, version, ckey in cur:
                     out[vid] = VehicleState(
                         kid=kid,
@@ -198,15 +210,17 @@ class Store:
             raise StoreError(f"cannot load vehicles: {exc}") from exc
         return out
 
-    async def load_policies(self) -> dict[str, PolicyRecord]:
-        """Every stored policy by vid."""
+    async def load_policies(self, vid: str | None = None) -> dict[str, PolicyRecord]:
+        """Every stored policy by vid (or only ``vid``'s)."""
+        sql = "SELECT * FROM policies" + ("" if vid is None else " WHERE vid = ?")
+        args = () if vid is None else (vid,)
         out: dict[str, PolicyRecord] = {}
         try:
-            async with self._db.execute("SELECT * FROM policies") as cur:
+            async with self._lock, self._db.execute(sql, args) as cur:
                 async for row in cur:
-                    vid, code, name, no, start, end, source, verified, override = row
-                    out[vid] = PolicyRecord(
-                        vid=vid,
+                    vid_, code, name, no, start, end, source, verified, override = row
+                    out[vid_] = PolicyRecord(
+                        vid=vid_,
                         insurer_code=code,
                         insurer_name=name,
                         policy_no_masked=no,
@@ -220,6 +234,33 @@ class Store:
             raise StoreError(f"cannot load policies: {exc}") from exc
         return out
 
+    async def put_policy_seed(self, vin: str, r: PolicyRecord) -> None:
+        """Hold ``r`` (its vid ignored) for the vehicle that enrolls with ``vin``.
+
+        A stand-in for looking the policy up by VIN at the authoritative sources.
+        """
+        await self._write(
+            "INSERT OR REPLACE INTO policy_seeds VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            [
+                (
+                    vin, r.insurer_code, r.insurer_name, r.policy_no_masked,
+                    r.coverage_start.isoformat(), r.coverage_end.isoformat(), r.source,
+                    r.verified_at.isoformat(),
+                )
+            ],
+        )  # fmt: skip
+
+    async def adopt_policy_seed(self, vid: str) -> PolicyRecord | None:
+        """Give ``vid`` the policy seeded for its VIN, if any; return its policy record."""
+        async with self._transaction("adopt policy seed") as db:
+            await db.execute(
+                "INSERT OR REPLACE INTO policies SELECT v.vid, s.insurer_code, s.insurer_name, "
+                "s.policy_no_masked, s.coverage_start, s.coverage_end, s.source, s.verified_at, "
+                "NULL FROM vehicles v JOIN policy_seeds s ON s.vin = v.vin WHERE v.vid = ?",
+                (vid,),
+            )
+        return (await self.load_policies(vid)).get(vid)
+
     async def _write(self, sql: str, rows: list[tuple[object, ...]]) -> None:
         async with self._transaction("write") as db:
             await db.executemany(sql, rows)
@@ -229,6 +270,10 @@ class Store:
         """One transaction under the lock: committed if the block ends normally, else undone."""
         async with self._lock:
             try:
+                # IMMEDIATE: take the write lock first. The worker and the API write
+                # through separate connections; a deferred transaction that read first
+                # would fail at once ("database is locked") instead of waiting its turn.
+                await self._db.execute("BEGIN IMMEDIATE")
                 yield self._db
                 await self._db.commit()
             except BaseException as exc:

@@ -5,6 +5,9 @@ time takes everything queued, runs it through the handler, writes the changed
 counters in one transaction (group commit), and only then publishes the replies:
 a reply is never sent for a ``seq`` the store could forget.
 
+It signs replies with the newest key of the signing-key ring (``cloud.signing_keys``),
+read at start: a rolled ring takes effect when the process restarts.
+
 With ``http_port`` configured, the HTTPS API (``cloud.api``) runs beside it in the
 same loop, on its own store connection, and tells the worker of enrolled, renewed
 and revoked vehicles (the worker is its ``VehicleEvents``).
@@ -19,7 +22,7 @@ from datetime import timedelta
 from agent.protocol import messages, topics
 from agent.protocol.clock import Clock, SystemClock
 from agent.protocol.envelope import Signer
-from agent.protocol.keys import PublicKey, kid_for, load_private_key
+from agent.protocol.keys import PublicKey, kid_for
 
 from .config import CloudConfig
 from .errors import LinkError, StoreError
@@ -27,6 +30,7 @@ from .handler import CounterRow, Reply, RequestHandler, VehicleState
 from .link import MqttLink, tls_context
 from .pki import CertificateAuthority
 from .revocation import BrokerControl, sighup_from_pid_file
+from .signing_keys import load_signing_keys
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -46,7 +50,9 @@ class Worker:
         self.ready = asyncio.Event()
         self.api_ready = asyncio.Event()
         self.counters: Counter[str] = Counter()
-        self._signer = Signer(load_private_key(config.signing_key_file))
+        # Read once: a rolled ring is picked up when the process restarts.
+        self.signing_keys = load_signing_keys(config)
+        self._signer = Signer(self.signing_keys.newest)
         self._inbox: list[tuple[str, bytes]] = []
         self._wake = asyncio.Event()
         self.handler: RequestHandler | None = None
@@ -103,7 +109,9 @@ class Worker:
 
         store = await Store.open(self.config.db_path)
         try:
-            app = create_app(self.config, store, self, clock=self.clock)
+            app = create_app(
+                self.config, store, self, clock=self.clock, signing_keys=self.signing_keys
+            )
             await serve_api(app, self.config, ready=self.api_ready)
         finally:
             await store.close()
@@ -116,6 +124,10 @@ class Worker:
             self.handler.vehicles[vid] = VehicleState(kid=kid_for(key), key=key)
         else:
             state.kid, state.key = kid_for(key), key
+        if vid not in self.handler.policies and self._store is not None:
+            record = await self._store.adopt_policy_seed(vid)
+            if record is not None:
+                self.handler.policies[vid] = record
 
     async def vehicle_revoked(self, vid: str) -> None:
         """Refuse ``vid``'s messages from now on, and cut it off the broker."""

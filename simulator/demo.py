@@ -3,6 +3,7 @@
 import asyncio
 import contextlib
 import json
+import secrets
 import shutil
 import signal
 import subprocess
@@ -12,17 +13,18 @@ from pathlib import Path
 
 from agent.protocol import calendar
 from cloud.fleet_file import import_files
-from cloud.pki import write_dev_pki
+from cloud.pki import DevPki, write_dev_pki, write_private
 from cloud.store import Store
 
-from .broker import Mosquitto
-from .cars import SimulatedFleet, car_config
-from .fleet import synthetic_policies
+from .broker import Mosquitto, free_port
+from .cars import SimulatedFleet
+from .enroller import create_fleet, enroll_cars
+from .fleet import synthetic_policies, synthetic_vin
 
 
-def _progress(done: int, total: int) -> None:
+def _bar(what: str, done: int, total: int) -> None:
     bar = "#" * (20 * done // max(total, 1))
-    print(f"\r  cars holding a verified policy state: {done:3d}/{total} [{bar:<20}]", end="")
+    print(f"\r  {what}: {done:3d}/{total} [{bar:<20}]", end="")
     if done == total:
         print()
 
@@ -44,13 +46,22 @@ def _table(fleet: SimulatedFleet) -> str:
     return "\n".join(lines)
 
 
-async def _cloud_ready(proc: "subprocess.Popen[bytes]", log: Path, timeout_s: float) -> bool:
-    """Wait until the worker logs that it is connected (and so subscribed)."""
+async def _cloud_ready(
+    proc: "subprocess.Popen[bytes]", log: Path, http_port: int, timeout_s: float
+) -> bool:
+    """Wait until the worker logs that it is subscribed and the API accepts connections."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(timeout_s):
             while proc.poll() is None:
                 if b"connected to" in log.read_bytes():
-                    return True
+                    try:
+                        _, writer = await asyncio.open_connection("127.0.0.1", http_port)
+                    except OSError:
+                        pass
+                    else:
+                        writer.close()
+                        await writer.wait_closed()
+                        return True
                 await asyncio.sleep(0.05)
     return False
 
@@ -59,62 +70,46 @@ async def run_demo(workdir: Path, cars: int, duration_s: float | None) -> int:
     """Run the demo; with ``duration_s`` stop after that long once all cars are verified."""
     if workdir.exists():
         shutil.rmtree(workdir)
-    print(f"Making a dev PKI with {cars} car identities in {workdir / 'pki'}")
-    pki = write_dev_pki(workdir / "pki", cars)
+    print(f"Making a dev PKI (CA, broker, cloud, root key; no car identities) in {workdir / 'pki'}")
+    pki = write_dev_pki(workdir / "pki", 0)
     db = workdir / "cloud.db"
-    policies = workdir / "policies.json"
-    policies.write_text(json.dumps(synthetic_policies(pki.vids(), datetime.now(UTC)), indent=1))
+    seeds = workdir / "policies-by-vin.json"
+    vins = [synthetic_vin(i) for i in range(cars)]
+    seeds.write_text(json.dumps(synthetic_policies(vins, datetime.now(UTC), key="vin"), indent=1))
     async with await Store.open(db) as store:
-        nv, np = await import_files(store, pki.vehicles_file, policies)
-    print(f"Cloud store {db}: {nv} vehicles, {np} policies (every 10th car has none on record)")
+        _, np = await import_files(store, None, None, seeds)
+    print(f"Cloud store {db}: {np} policies waiting for their cars' VINs (every 10th: none)")
+    admin_token = secrets.token_urlsafe(24)
+    token_file = workdir / "admin-token"
+    write_private(token_file, admin_token.encode())
 
     with Mosquitto(pki, workdir / "broker") as broker:
         print(f"Mosquitto from broker-config/ on 127.0.0.1:{broker.port} (mTLS, per-car ACL)")
+        http_port = free_port()
+        url = f"https://127.0.0.1:{http_port}"
         log = (workdir / "cloud.log").open("wb")
         cloud = subprocess.Popen(  # noqa: S603, ASYNC220 - our own module, started once
             [sys.executable, "-m", "cloud", "serve", "--pki", str(pki.root), "--db", str(db),
-             "--broker-port", str(broker.port)],
+             "--broker-port", str(broker.port), "--http-port", str(http_port),
+             "--admin-token-file", str(token_file), "--broker-pid-file", str(broker.pid_file)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        print(f"Cloud worker pid {cloud.pid}, log {workdir / 'cloud.log'}")
-        if not await _cloud_ready(cloud, workdir / "cloud.log", 20.0):
-            cloud.kill()
-            log.close()
-            print(f"The cloud worker did not come up; see {workdir / 'cloud.log'}")
-            return 1
-        fleet = SimulatedFleet(
-            [car_config(pki, vid, workdir / "cars", broker.port, 300.0) for vid in pki.vids()]
+        print(
+            f"Cloud pid {cloud.pid}: MQTT worker and HTTPS API {url}/docs, log {workdir / 'cloud.log'}"
         )
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
+        ok = False
         try:
-            async with asyncio.TaskGroup() as tg:
-                tg.create_task(fleet.run(), name="fleet")
-                print(f"Starting {cars} simulated cars (each a real agent with its own SQLite)")
-                ok = await fleet.wait_all_verified(60.0, _progress)
-                print(_table(fleet))
-                first = fleet.agents[0].config
-                print(
-                    "\nLook at:\n"
-                    f"  one car's verified state: .venv/bin/ctpl-agent status --db {first.db_path}"
-                    f" --cloud-key {pki.signing_pub}\n"
-                    f"  the broker log:           {broker.log_path}\n"
-                    f"  the cloud log:            {workdir / 'cloud.log'}\n"
-                )
-                if duration_s is None:
-                    print("Running; press Ctrl-C to stop everything.")
-                    await stop.wait()
-                else:
-                    with contextlib.suppress(TimeoutError):
-                        async with asyncio.timeout(duration_s):
-                            await stop.wait()
-                print("Stopping cars, cloud and broker...")
-                fleet.stop()
+            if not await _cloud_ready(cloud, workdir / "cloud.log", http_port, 30.0):
+                print(f"The cloud did not come up; see {workdir / 'cloud.log'}")
+                return 1
+            operator = await create_fleet(url, pki.ca_cert, admin_token, "demo fleet")
+            print(f"Fleet {operator.fleet_id} created; enrolling {cars} gateways with claim tokens")
+            configs = await enroll_cars(
+                url, pki.ca_cert, pki.root_pub, operator, workdir / "cars", cars,
+                lambda d, t: _bar("gateways enrolled", d, t),
+            )  # fmt: skip
+            ok = await _run_fleet(SimulatedFleet(configs), broker, pki, workdir, duration_s)
         finally:
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                loop.remove_signal_handler(sig)
             cloud.terminate()
             try:
                 cloud.wait(10)
@@ -123,3 +118,40 @@ async def run_demo(workdir: Path, cars: int, duration_s: float | None) -> int:
             log.close()
     print("Stopped." if ok else "Stopped; not every car got a verified state (see the logs).")
     return 0 if ok else 1
+
+
+async def _run_fleet(
+    fleet: SimulatedFleet, broker: Mosquitto, pki: DevPki, workdir: Path, duration_s: float | None
+) -> bool:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(fleet.run(), name="fleet")
+            print(f"Starting {len(fleet.agents)} cars (each a real agent with its own SQLite)")
+            ok = await fleet.wait_all_verified(
+                60.0, lambda d, t: _bar("cars holding a verified policy state", d, t)
+            )
+            print(_table(fleet))
+            first = workdir / "cars" / "car-000" / "agent.toml"
+            print(
+                "\nLook at:\n"
+                f"  one car's verified state: .venv/bin/ctpl-agent status --config {first}\n"
+                f"  the broker log:           {broker.log_path}\n"
+                f"  the cloud log:            {workdir / 'cloud.log'}\n"
+            )
+            if duration_s is None:
+                print("Running; press Ctrl-C to stop everything.")
+                await stop.wait()
+            else:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(duration_s):
+                        await stop.wait()
+            print("Stopping cars, cloud and broker...")
+            fleet.stop()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return ok

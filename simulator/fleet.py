@@ -11,11 +11,11 @@ INSURERS: Final = (("PICC", "中国人保财险"), ("PINGAN", "平安产险"), (
 _DAYS_LEFT: Final = (200, 120, 45, 29, 14, 6, 2, 0, -3, 300)
 
 
-def synthetic_policies(vids: list[str], now: datetime) -> list[dict[str, str]]:
-    """Policy records for ``vids`` (the 10th, 20th … have none), as policies.json rows."""
+def synthetic_policies(ids: list[str], now: datetime, key: str = "vid") -> list[dict[str, str]]:
+    """Policy rows for ``ids`` (vids, or VINs with ``key="vin"``); the 10th, 20th … get none."""
     today = calendar.china_date(now)
     rows = []
-    for i, vid in enumerate(vids):
+    for i, ident in enumerate(ids):
         if i % 10 == 9:
             continue
         end = today + timedelta(days=_DAYS_LEFT[i % len(_DAYS_LEFT)])
@@ -23,7 +23,7 @@ def synthetic_policies(vids: list[str], now: datetime) -> list[dict[str, str]]:
         code, name = INSURERS[i % len(INSURERS)]
         rows.append(
             {
-                "vid": vid,
+                key: ident,
                 "insurer_code": code,
                 "insurer_name": name,
                 "policy_no_masked": f"PDZA{start.year}****{i % 10000:04d}",
@@ -34,6 +34,11 @@ def synthetic_policies(vids: list[str], now: datetime) -> list[dict[str, str]]:
             }
         )
     return rows
+
+
+def synthetic_vin(i: int) -> str:
+    """The VIN of simulated car number ``i`` (17 characters of the VIN alphabet)."""
+    return f"LSGCAR{i:011d}"
 
 
 def _year_before(end: date) -> date:

@@ -67,14 +67,15 @@ async def test_a_simulated_fleet_all_hold_verified_states(
 
 
 def test_the_demo_runs_and_stops_by_itself(tmp_path: Path) -> None:
-    """What `make demo` runs, with fewer cars and a duration instead of Ctrl-C."""
+    """What `make demo` runs (enrollment through the API included), with fewer cars."""
     proc = subprocess.run(
         [sys.executable, "-m", "simulator", "demo", "--cars", "4", "--duration", "0.5",
          "--workdir", str(tmp_path / "demo")],
         capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "4/4" in proc.stdout and "Stopped." in proc.stdout
+    assert "gateways enrolled:   4/4" in proc.stdout, proc.stdout
+    assert "verified policy state:   4/4" in proc.stdout and "Stopped." in proc.stdout
 
 
 async def test_a_request_nobody_answered_is_asked_again_until_the_cloud_answers(
