@@ -1,7 +1,8 @@
 """The cloud's HTTPS API as the gateway sees it: one JSON POST at a time.
 
-The only module that imports httpx, and only enrollment and renewal import this one
-(lazily, so a running agent pays for httpx only when it renews). httpx's errors
+The only module that imports httpx, and only provisioning (enrollment, renewal, key
+set refresh) imports this one, lazily: a running agent pays for httpx only when it
+renews or fetches a key set. httpx's errors
 become CloudUnreachableError here. The environment's proxy settings are ignored:
 the gateway's config is its only input.
 """
@@ -45,13 +46,27 @@ async def post_json(
 
     Raise CloudUnreachableError when no answer comes (connection, TLS, timeout).
     """
+    return await _exchange("POST", url, body, tls=tls, timeout_s=timeout_s)
+
+
+async def get(url: str, *, tls: ssl.SSLContext, timeout_s: float) -> tuple[int, bytes]:
+    """GET ``url``; the status and at most MAX_ANSWER_BYTES of the answer.
+
+    Raise CloudUnreachableError when no answer comes (connection, TLS, timeout).
+    """
+    return await _exchange("GET", url, None, tls=tls, timeout_s=timeout_s)
+
+
+async def _exchange(
+    method: str, url: str, body: dict[str, Any] | None, *, tls: ssl.SSLContext, timeout_s: float
+) -> tuple[int, bytes]:
     try:
         # httpx bounds each phase (connect, write, each read) and closes cleanly when one
         # runs out; this only bounds a server that drips its answer, phase after phase.
         async with (
             asyncio.timeout(timeout_s * WHOLE_EXCHANGE_PHASES),
             httpx.AsyncClient(verify=tls, timeout=timeout_s, trust_env=False) as client,
-            client.stream("POST", url, json=body) as answer,
+            client.stream(method, url, json=body) as answer,
         ):
             content = bytearray()
             async for chunk in answer.aiter_bytes():

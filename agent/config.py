@@ -24,6 +24,7 @@ PATH_FIELDS: Final = frozenset(
     {"key_file", "cert_file", "ca_file", "db_path", "root_key", "keyset_file", "api_ca_file"}
 )
 RENEWAL_CHECK_S: Final = 12 * 3600.0
+KEYSET_REFRESH_MIN_S: Final = 300.0
 
 
 class AgentConfig(BaseModel):
@@ -60,6 +61,8 @@ class AgentConfig(BaseModel):
     """How often the running agent asks whether its certificate needs renewing."""
     renewal_retry_s: Annotated[float, Field(gt=0)] = 300.0
     """The first wait after a failed renewal; it doubles up to renewal_check_s."""
+    keyset_refresh_min_s: Annotated[float, Field(gt=0)] = KEYSET_REFRESH_MIN_S
+    """The least time between two key set fetches (made when a message's kid is unknown)."""
 
     @field_validator("vid")
     @classmethod

@@ -37,18 +37,31 @@ def load_keyset(path: Path, root: PublicKey) -> keyset.KeySet | None:
         raise ConfigError(f"{path}: {exc}") from exc
 
 
+def trusted_keys(
+    pinned: dict[str, PublicKey], held: keyset.KeySet | None, now: datetime
+) -> dict[str, PublicKey]:
+    """The pinned keys plus the held key set's keys whose cut-off is after ``now``. Pure."""
+    return pinned if held is None else pinned | held.usable(now)
+
+
+def load_trust(
+    cloud_keys: Iterable[Path], keyset_file: Path | None, root_key: Path | None, now: datetime
+) -> tuple[dict[str, PublicKey], keyset.KeySet | None]:
+    """The pinned cloud keys and the held key set; ConfigError if none is usable at ``now``."""
+    pinned = load_pinned_keys(cloud_keys, allow_none=True)
+    held = None
+    if keyset_file is not None and root_key is not None:
+        held = load_keyset(keyset_file, load_root_key(root_key))
+    if not trusted_keys(pinned, held, now):
+        raise ConfigError("no usable pinned cloud key: the agent would trust nothing")
+    return pinned, held
+
+
 def load_trusted_keys(
     cloud_keys: Iterable[Path], keyset_file: Path | None, root_key: Path | None, now: datetime
 ) -> dict[str, PublicKey]:
     """The pinned cloud keys plus the key set's keys usable at ``now``; raise ConfigError."""
-    keys = load_pinned_keys(cloud_keys, allow_none=True)
-    if keyset_file is not None and root_key is not None:
-        held = load_keyset(keyset_file, load_root_key(root_key))
-        if held is not None:
-            keys |= held.usable(now)
-    if not keys:
-        raise ConfigError("no usable pinned cloud key: the agent would trust nothing")
-    return keys
+    return trusted_keys(*load_trust(cloud_keys, keyset_file, root_key, now), now)
 
 
 def load_pinned_keys(paths: Iterable[Path], *, allow_none: bool = False) -> dict[str, PublicKey]:

@@ -4,7 +4,11 @@ A key set is an envelope on topic ``ctpl/v1/keyset`` signed by the root key, who
 is ``{"type": "keyset", "version", "issued_at", "keys": [{"kid", "public_key_pem",
 "not_after"}]}`` (docs/enrollment.md). It is accepted only if it verifies against the
 root key and its ``version`` is higher than the one held; a key is usable until its
-``not_after`` (none: no cut-off), which is how a rolled signing key is retired.
+``not_after`` (none: no cut-off), which is how a rolled signing key is retired. The
+cut-off is judged by the gateway's own clock (trusted time comes with issue 4).
+
+A running agent fetches ``GET /v1/keyset`` when a cloud message names a kid it does not
+know, at most once per ``min_interval_s`` (``fetch_delay``).
 """
 
 from dataclasses import dataclass
@@ -19,7 +23,9 @@ from .protocol.errors import ProtocolError
 from .protocol.keys import PublicKey, kid_for, load_public_key
 
 TOPIC: Final = "ctpl/v1/keyset"
+PATH: Final = "/v1/keyset"
 MAX_KEYS: Final = 16
+MAX_ANSWER_BYTES: Final = 32 * 1024
 
 
 class KeyEntry(BaseModel):
@@ -30,6 +36,14 @@ class KeyEntry(BaseModel):
     kid: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
     public_key_pem: Annotated[str, Field(min_length=1, max_length=1024)]
     not_after: AwareDatetime | None = None
+
+
+class KeySetAnswer(BaseModel):
+    """The answer to ``GET /v1/keyset``; other fields are ignored."""
+
+    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+
+    keyset: Annotated[str, Field(min_length=1, max_length=16384)]
 
 
 class KeySetBody(BaseModel):
@@ -97,3 +111,21 @@ def verify(data: bytes, root: PublicKey, *, held_version: int | None = None) -> 
             raise KeySetError(f"key {entry.kid} listed twice", reason="bad_key")
         keys[entry.kid] = (key, entry.not_after)
     return KeySet(envelope=data, body=body, keys=keys)
+
+
+def from_answer(content: bytes) -> bytes:
+    """The key set envelope in a ``GET /v1/keyset`` answer; KeySetError ``bad_answer`` if none."""
+    if len(content) > MAX_ANSWER_BYTES:
+        raise KeySetError(f"answer over {MAX_ANSWER_BYTES} bytes", reason="bad_answer")
+    try:
+        return KeySetAnswer.model_validate_json(content).keyset.encode("utf-8")
+    except (ValidationError, UnicodeEncodeError):
+        raise KeySetError("the answer holds no key set", reason="bad_answer") from None
+
+
+def fetch_delay(last_fetch_at: float | None, now: float, min_interval_s: float) -> float:
+    """Seconds to wait before the next key set fetch: 0 when none was made in the last
+    ``min_interval_s`` (monotonic seconds), else the rest of that interval."""
+    if last_fetch_at is None or now < last_fetch_at:
+        return 0.0
+    return max(0.0, last_fetch_at + min_interval_s - now)

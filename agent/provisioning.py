@@ -1,9 +1,11 @@
-"""Enrollment and certificate renewal: the I/O shell around the ``enrollment`` rules.
+"""Enrollment, certificate renewal and key set refresh: the I/O shell around the rules.
 
 ``enroll`` makes a key, sends a CSR with the claim token, verifies the answer and
 installs the identity directory whole. ``renew`` signs a CSR for a new key with the
 current one, verifies the answer and swaps key and certificate without a torn pair.
 Both raise EnrollmentError (its subclasses say what failed) or ConfigError.
+``refresh_keyset`` fetches the cloud's key set and keeps it only if the pinned root
+signed it and it is newer than the one held (KeySetError otherwise).
 """
 
 import logging
@@ -14,10 +16,10 @@ from typing import Any, Final
 
 from cryptography import x509
 
-from . import enrollment, identity
+from . import enrollment, identity, keyset
 from .config import AgentConfig, dumps_toml
 from .enrollment import Identity
-from .errors import ConfigError, EnrollmentError, IdentityExistsError
+from .errors import ConfigError, EnrollmentError, IdentityExistsError, KeySetError
 from .keyring import load_keyset, load_root_key
 from .keystore import FileKeyStore, KeyFactory, KeySigner
 from .protocol.keys import PublicKey
@@ -51,6 +53,16 @@ async def _post(
     tls = cloud_api.tls_context(ca_file)
     status, content = await cloud_api.post_json(base_url + path, body, tls=tls, timeout_s=timeout_s)
     if not 200 <= status < 300:
+        raise enrollment.refusal(status, content)
+    return content
+
+
+async def _get(base_url: str, path: str, ca_file: Path | None, timeout_s: float) -> bytes:
+    from . import cloud_api
+
+    tls = cloud_api.tls_context(ca_file)
+    status, content = await cloud_api.get(base_url + path, tls=tls, timeout_s=timeout_s)
+    if status != 200:
         raise enrollment.refusal(status, content)
     return content
 
@@ -182,3 +194,35 @@ async def renew(
     except OSError as exc:
         raise EnrollmentError(f"{config.key_file}: cannot install the renewal: {exc}") from exc
     return Renewed(found.not_after, version)
+
+
+async def refresh_keyset(config: AgentConfig, *, timeout_s: float | None = None) -> keyset.KeySet:
+    """Fetch the cloud's key set; install it as ``keyset_file`` if the root signed it and
+    it is newer than the one held, and return it.
+
+    Raise KeySetError (``reason``: the verification's, ``rollback``, ``bad_answer``),
+    EnrollmentError (unreachable, refused) or ConfigError; the held key set then stays.
+    """
+    if config.cloud_url is None or config.root_key is None or config.keyset_file is None:
+        raise ConfigError("a key set refresh needs cloud_url, root_key and keyset_file")
+    root = load_root_key(config.root_key)
+    content = await _get(
+        config.cloud_url,
+        keyset.PATH,
+        config.api_ca_file,
+        config.operation_timeout_s if timeout_s is None else timeout_s,
+    )
+    data = keyset.from_answer(content)
+    # The held version is read only now, with no await until the file is replaced: a
+    # renewal may have installed a newer key set while this one was on its way.
+    try:
+        held = load_keyset(config.keyset_file, root)
+    except ConfigError as exc:
+        log.warning("held key set is unusable; a verified one replaces it: %s", exc)
+        held = None
+    fetched = keyset.verify(data, root, held_version=None if held is None else held.version)
+    try:
+        identity.replace_file(config.keyset_file, fetched.envelope)
+    except OSError as exc:
+        raise KeySetError(f"{config.keyset_file}: cannot install: {exc}", reason="io") from exc
+    return fetched

@@ -6,6 +6,11 @@ exponential backoff when it drops. Incoming messages are verified (inbox), judge
 Beside the session, it checks at start and every ``renewal_check_s`` whether the
 certificate needs renewing; after a renewal it reloads key, certificate and pinned keys
 and ends the session, so that the next one uses them.
+
+A cloud message signed under a kid the agent does not know (a rolled signing key) makes
+it fetch the cloud's key set, at most once per ``keyset_refresh_min_s``; a key set that
+the pinned root signed and that is newer than the held one is installed and trusted at
+once, and the agent asks for its state again. Keys past their cut-off stop verifying.
 """
 
 import asyncio
@@ -16,11 +21,17 @@ import ssl
 from collections import Counter
 from typing import Final
 
-from . import identity, inbox, provisioning
+from . import identity, inbox, keyring, keyset, provisioning
 from .backoff import Backoff
 from .config import AgentConfig
-from .errors import AgentError, ConfigError, LinkError, NotConnectedError, StateTimeoutError
-from .keyring import load_trusted_keys
+from .errors import (
+    AgentError,
+    ConfigError,
+    KeySetError,
+    LinkError,
+    NotConnectedError,
+    StateTimeoutError,
+)
 from .keystore import FileKeyStore, KeySigner
 from .link import Link, Received, open_link, tls_context
 from .policy import Accept, Duplicate, Refuse, decide
@@ -53,7 +64,9 @@ class Agent:
     ``counters`` tallies every incoming message's outcome: ``accepted``, ``duplicate``,
     ``error_reply``, or the reason it was dropped (``bad_signature``, ``rollback``, …);
     ``link_failures`` tallies lost or failed sessions by LinkError reason;
-    ``renewals`` tallies renewal checks: ``renewed``, ``not_due``, ``failed``.
+    ``renewals`` tallies renewal checks: ``renewed``, ``not_due``, ``failed``;
+    ``keyset_fetches`` tallies key set fetches: ``accepted``, or the reason one was
+    refused (``rollback``, ``bad_signature``, ``unknown_key``, …) or ``failed``.
     """
 
     def __init__(
@@ -63,14 +76,17 @@ class Agent:
         self.counters: Counter[str] = Counter()
         self.link_failures: Counter[str] = Counter()
         self.renewals: Counter[str] = Counter()
+        self.keyset_fetches: Counter[str] = Counter()
         self._clock = clock or SystemClock()
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         try:
             identity.recover(config.key_file, config.cert_file)
         except OSError as exc:
             raise ConfigError(f"{config.key_file}: cannot recover a renewal: {exc}") from exc
-        self._signer, self._keys, self._tls, self._cert_pem = self._load_identity()
+        self._signer, self._pinned, self._held, self._tls, self._cert_pem = self._load_identity()
         self._reconnect = asyncio.Event()
+        self._keys_wanted = asyncio.Event()
+        self._last_fetch_at: float | None = None
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
         self._state: PolicyState | None = None
         self._last_error: ErrorReply | None = None
@@ -89,6 +105,15 @@ class Agent:
     def last_error(self) -> ErrorReply | None:
         """The last verified error reply received during this run."""
         return self._last_error
+
+    @property
+    def keyset_version(self) -> int | None:
+        """The version of the key set the agent trusts, if it holds one."""
+        return None if self._held is None else self._held.version
+
+    def trusted_keys(self) -> dict[str, PublicKey]:
+        """The keys a cloud message may be signed with now: pinned, and the key set's usable."""
+        return keyring.trusted_keys(self._pinned, self._held, self._clock.now())
 
     @property
     def connected(self) -> bool:
@@ -112,23 +137,78 @@ class Agent:
                     renewing = tg.create_task(
                         self._renew_periodically(store), name=f"agent-{self.config.vid}-renewal"
                     )
+                    refreshing = tg.create_task(
+                        self._refresh_keys_when_asked(), name=f"agent-{self.config.vid}-keyset"
+                    )
                     await self._stay_connected(store)
                     renewing.cancel()
+                    refreshing.cancel()
             finally:
                 self._store = None
 
-    def _load_identity(self) -> tuple[KeySigner, dict[str, PublicKey], ssl.SSLContext, bytes]:
-        """The signer, trusted keys, TLS context and certificate bytes, from the files."""
+    def _load_identity(
+        self,
+    ) -> tuple[KeySigner, dict[str, PublicKey], keyset.KeySet | None, ssl.SSLContext, bytes]:
+        """The signer, pinned keys, held key set, TLS context and certificate, from the files."""
         config = self.config
         try:
             cert_pem = config.cert_file.read_bytes()
         except OSError as exc:
             raise ConfigError(f"{config.cert_file}: {exc.strerror or exc}") from exc
         signer = KeySigner(FileKeyStore.load(config.key_file))
-        keys = load_trusted_keys(
+        pinned, held = keyring.load_trust(
             config.cloud_keys, config.keyset_file, config.root_key, self._clock.now()
         )
-        return signer, keys, tls_context(config), cert_pem
+        return signer, pinned, held, tls_context(config), cert_pem
+
+    def _can_refresh_keys(self) -> bool:
+        c = self.config
+        return c.cloud_url is not None and c.root_key is not None and c.keyset_file is not None
+
+    async def _refresh_keys_when_asked(self) -> None:
+        """Fetch the key set when a message names an unknown kid; at most once per interval."""
+        if not self._can_refresh_keys():
+            return
+        while True:
+            await self._keys_wanted.wait()
+            delay = keyset.fetch_delay(
+                self._last_fetch_at, self._clock.monotonic(), self.config.keyset_refresh_min_s
+            )
+            if delay > 0:
+                log.info("%s: next key set fetch in %.0f s", self.config.vid, delay)
+                await asyncio.sleep(delay)
+            self._last_fetch_at = self._clock.monotonic()
+            if await self._refresh_keys_once():
+                await self._ask_again()
+            # Cleared only now: unknown kids seen during the fetch asked for this very one.
+            self._keys_wanted.clear()
+
+    async def _refresh_keys_once(self) -> bool:
+        """One key set fetch; True when a newer key set is now trusted. Never raises."""
+        vid = self.config.vid
+        try:
+            fetched = await provisioning.refresh_keyset(self.config)
+        except KeySetError as exc:
+            self.keyset_fetches[exc.reason] += 1
+            log.warning("%s: key set refused: %s", vid, exc)
+            return False
+        except Exception as exc:  # unreachable, refused, a bug: try again on the next kid
+            self.keyset_fetches["failed"] += 1
+            log.warning("%s: key set fetch failed: %s", vid, exc)
+            return False
+        self._held = fetched
+        self.keyset_fetches["accepted"] += 1
+        log.info("%s: key set v%d accepted (%d keys)", vid, fetched.version, len(fetched.keys))
+        return True
+
+    async def _ask_again(self) -> None:
+        link, store = self._link, self._store
+        if link is None or store is None:
+            return  # the next session asks on connect
+        try:
+            await self._send_status(link, store)
+        except AgentError as exc:  # the session's own tasks notice a lost link
+            log.warning("%s: cannot ask again after the key set: %s", self.config.vid, exc)
 
     async def _renew_periodically(self, store: Store) -> None:
         """Check at start, then every renewal_check_s; after a failure retry sooner, backing off."""
@@ -165,7 +245,8 @@ class Agent:
         try:
             changed = self.config.cert_file.read_bytes() != self._cert_pem
             if changed:
-                self._signer, self._keys, self._tls, self._cert_pem = self._load_identity()
+                loaded = self._load_identity()
+                self._signer, self._pinned, self._held, self._tls, self._cert_pem = loaded
         except (OSError, ConfigError) as exc:  # verified before the swap, so not expected
             log.error("%s: the renewed identity does not load: %s", vid, exc)
             return True
@@ -206,7 +287,7 @@ class Agent:
         record = await store.policy()
         if record is None:
             return
-        outcome = inbox.read(self.config.vid, self._keys, record.topic, record.envelope)
+        outcome = inbox.read(self.config.vid, self.trusted_keys(), record.topic, record.envelope)
         if isinstance(outcome, inbox.Verified) and isinstance(outcome.body, PolicyState):
             await self._hold(outcome.body)
             log.info("%s: stored policy state v%d verified", self.config.vid, outcome.body.version)
@@ -317,11 +398,13 @@ class Agent:
     async def _handle(self, received: Received, store: Store) -> None:
         vid = self.config.vid
         try:
-            outcome = inbox.read(vid, self._keys, received.topic, received.payload)
+            outcome = inbox.read(vid, self.trusted_keys(), received.topic, received.payload)
         except Exception as exc:  # a bug must not let one bad message stop the car
             outcome = inbox.Dropped("internal", repr(exc))
         if isinstance(outcome, inbox.Dropped):
             self._count_drop(outcome.reason, outcome.detail, received.topic)
+            if outcome.reason == "unknown_key":
+                self._keys_wanted.set()  # perhaps a rolled signing key: fetch the key set
             return
         body = outcome.body
         if isinstance(body, ErrorReply):

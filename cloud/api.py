@@ -29,6 +29,7 @@ from . import enrollment as en
 from .config import CloudConfig
 from .errors import ApiServeError, Refused, StoreError
 from .registrar import NoEvents, Registrar, VehicleEvents
+from .signing_keys import SigningKeys
 from .store import Store
 
 __all__ = ["NoEvents", "VehicleEvents", "create_app", "serve_api"]
@@ -119,9 +120,13 @@ def create_app(
     *,
     clock: Clock | None = None,
     body_timeout_s: float = BODY_TIMEOUT_S,
+    signing_keys: SigningKeys | None = None,
 ) -> FastAPI:
-    """The API app over an open ``store`` (its own connection); reads its key files now."""
-    reg = Registrar.load(config, store, events, clock or SystemClock())
+    """The API app over an open ``store`` (its own connection); reads its key files now.
+
+    ``signing_keys``: the ring the worker beside it signs with (else read from the config).
+    """
+    reg = Registrar.load(config, store, events, clock or SystemClock(), signing_keys)
     app = FastAPI(title="CTPL cloud API", version="1", redirect_slashes=False)
     app.state.counters = reg.counters
     app.add_middleware(

@@ -19,7 +19,10 @@ class CloudConfig(BaseModel):
     """The device CA's certificate: the broker's and the cars' certificates chain to it."""
     cert_file: Path
     key_file: Path
-    signing_key_file: Path
+    signing_key_file: Path | None = None
+    """One message-signing key: a ring of one, key-set version 1."""
+    signing_keys_file: Path | None = None
+    """The signing-key ring (``cloud.signing_keys``); used when it exists, else signing_key_file."""
     db_path: Path
     client_id: str = "ctpl-cloud-1"
     fresh_for_s: float = Field(86400.0, gt=0)
@@ -50,6 +53,8 @@ class CloudConfig(BaseModel):
 
     @model_validator(mode="after")
     def _api_files_when_serving(self) -> Self:
+        if self.signing_key_file is None and self.signing_keys_file is None:
+            raise ValueError("give signing_key_file or signing_keys_file")
         if self.http_port is not None:
             names = ("root_key_file", "ca_key_file", "api_cert_file", "api_key_file")
             missing = [n for n in names if getattr(self, n) is None]
@@ -76,6 +81,7 @@ class CloudConfig(BaseModel):
                 "cert_file": pki.cloud_cert,
                 "key_file": pki.cloud_key,
                 "signing_key_file": pki.signing_key,
+                "signing_keys_file": pki.signing_keys,
                 "root_key_file": pki.root_key,
                 "ca_key_file": pki.ca_key,
                 "api_cert_file": pki.api_cert,

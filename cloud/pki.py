@@ -165,6 +165,8 @@ class DevPki:
     cloud_key = property(lambda self: self.root / "cloud.key")
     signing_key = property(lambda self: self.root / "cloud-signing.key")
     signing_pub = property(lambda self: self.root / "cloud-signing.pub")
+    # The signing-key ring: made by the first ``ctpl-cloud roll-signing-key``.
+    signing_keys = property(lambda self: self.root / "signing-keys.json")
     root_key = property(lambda self: self.root / "root.key")
     root_pub = property(lambda self: self.root / "root.pub")
     api_cert = property(lambda self: self.root / "api.crt")

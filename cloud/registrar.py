@@ -27,6 +27,7 @@ from .config import CloudConfig
 from .errors import ConfigError, Refused
 from .keyset import build_keyset
 from .pki import CertificateAuthority, cert_pem
+from .signing_keys import SigningKeys, load_signing_keys
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -72,17 +73,26 @@ class Registrar:
 
     @classmethod
     def load(
-        cls, config: CloudConfig, store: Store, events: VehicleEvents, clock: Clock
+        cls,
+        config: CloudConfig,
+        store: Store,
+        events: VehicleEvents,
+        clock: Clock,
+        signing_keys: SigningKeys | None = None,
     ) -> "Registrar":
-        """Read the CA, root and signing keys named in ``config``; ConfigError if unusable."""
+        """Read the CA, root and signing keys named in ``config``; ConfigError if unusable.
+
+        The key set lists every key of the signing-key ring (``signing_keys`` if given,
+        else read from the config) with its cut-off, under the ring's version.
+        """
         if config.ca_key_file is None or config.root_key_file is None:
             raise ConfigError(None, "the API needs ca_key_file and root_key_file")
         try:
             ca = CertificateAuthority.load(config.ca_file, config.ca_key_file)
             root = envelope.Signer(load_private_key(config.root_key_file))
-            signing = load_private_key(config.signing_key_file).public_key()
         except (OSError, ValueError) as exc:
             raise ConfigError(None, f"cannot load the API's keys: {exc}") from exc
+        ring = signing_keys or load_signing_keys(config)
         admin = config.admin_token.get_secret_value() if config.admin_token else ""
         return cls(
             config=config,
@@ -91,7 +101,7 @@ class Registrar:
             clock=clock,
             ca=ca,
             ca_pem=cert_pem(ca.cert).decode("ascii"),
-            keyset=build_keyset(root, [(signing, None)], version=1, issued_at=clock.now()),
+            keyset=build_keyset(root, ring.listed(), version=ring.version, issued_at=clock.now()),
             admin_digest=en.token_digest(admin) if admin else None,  # empty: no admin
         )
 

@@ -212,7 +212,8 @@ class Store:
 
     async def load_policies(self, vid: str | None = None) -> dict[str, PolicyRecord]:
         """Every stored policy by vid (or only ``vid``'s)."""
-        sql = "SELECT * FROM policies" + ("" if vid is None else " WHERE vid = ?")
+        # Two fixed statements: the vid is always a bound parameter.
+        sql = "SELECT * FROM policies" if vid is None else "SELECT * FROM policies WHERE vid = ?"
         args = () if vid is None else (vid,)
         out: dict[str, PolicyRecord] = {}
         try:

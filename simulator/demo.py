@@ -94,9 +94,7 @@ async def run_demo(workdir: Path, cars: int, duration_s: float | None) -> int:
              "--admin-token-file", str(token_file), "--broker-pid-file", str(broker.pid_file)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        print(
-            f"Cloud pid {cloud.pid}: MQTT worker and HTTPS API {url}/docs, log {workdir / 'cloud.log'}"
-        )
+        print(f"Cloud pid {cloud.pid}: MQTT worker, and the HTTPS API at {url}/docs")
         ok = False
         try:
             if not await _cloud_ready(cloud, workdir / "cloud.log", http_port, 30.0):

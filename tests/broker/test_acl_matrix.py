@@ -1,4 +1,7 @@
-"""The ACL as a matrix: every one of 20 cars tries every other car's topics and the wildcards.
+"""The ACL as a matrix: every one of 20 enrolled cars tries every other car's topics and wildcards.
+
+The cars get their identities the production way: a fleet, claim tokens, and
+``ctpl-agent enroll`` against the cloud's real HTTPS API (no pre-baked certificates).
 
 Each forged publish must be refused with PUBACK 135 and never reach anyone; each
 foreign or wildcard subscription may be granted (Mosquitto 2.0 filters on delivery)
@@ -6,14 +9,20 @@ but must deliver nothing foreign. The figure the issue asks for is the count of
 attempts that succeeded: it must be 0.
 """
 
+import asyncio
+import contextlib
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from agent.config import AgentConfig
+from cloud.config import CloudConfig
 from cloud.pki import DevPki, write_dev_pki
-from simulator.broker import Mosquitto
+from cloud.worker import Worker
+from simulator.broker import Mosquitto, free_port
+from simulator.enroller import create_fleet, enroll_cars
 
 from .mqtt_probe import NOT_AUTHORIZED, Clients, Probe
 
@@ -24,7 +33,38 @@ WILDCARDS = ("#", "ctpl/v1/+/down/#", "ctpl/v1/+/up/#", "ctpl/v1/+/presence", "c
 
 @pytest.fixture(scope="module")
 def matrix_pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
-    return write_dev_pki(tmp_path_factory.mktemp("matrix-pki"), cars=CARS)
+    return write_dev_pki(tmp_path_factory.mktemp("matrix-pki"), cars=0)
+
+
+@pytest.fixture(scope="module")
+def enrolled(
+    matrix_pki: DevPki, matrix_broker: Mosquitto, tmp_path_factory: pytest.TempPathFactory
+) -> list[AgentConfig]:
+    """CARS gateways enrolled through a real cloud (worker + HTTPS API), which then stops."""
+    work = tmp_path_factory.mktemp("matrix-cloud")
+    config = CloudConfig.from_pki(
+        matrix_pki, db_path=work / "cloud.db", broker_port=matrix_broker.port,
+        http_port=free_port(), admin_token="matrix-admin-token-0123456789",
+    )  # fmt: skip
+
+    async def enroll_all() -> list[AgentConfig]:
+        worker = Worker(config)
+        task = asyncio.create_task(worker.run(), name="matrix-cloud")
+        try:
+            async with asyncio.timeout(30):
+                await worker.api_ready.wait()
+                url = f"https://127.0.0.1:{config.http_port}"
+                op = await create_fleet(url, matrix_pki.ca_cert, "matrix-admin-token-0123456789",
+                                        "matrix")  # fmt: skip
+                return await enroll_cars(
+                    url, matrix_pki.ca_cert, matrix_pki.root_pub, op, work / "cars", CARS
+                )
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    return asyncio.run(enroll_all())
 
 
 @pytest.fixture(scope="module")
@@ -44,12 +84,18 @@ def matrix_clients(matrix_pki: DevPki, matrix_broker: Mosquitto) -> Iterator[Cli
 
 
 def test_no_car_can_touch_another_cars_topics_or_the_wildcards(
-    matrix_pki: DevPki, matrix_clients: Clients
+    enrolled: list[AgentConfig], matrix_clients: Clients
 ) -> None:
-    vids = matrix_pki.vids()
+    vids = [c.vid for c in enrolled]
+    assert len(set(vids)) == CARS
     observer = matrix_clients.cloud(subscribe=False)
     assert observer.subscribe("ctpl/v1/#") == [1]
-    cars: dict[str, Probe] = {v: matrix_clients.car(v, client_id=v).connect() for v in vids}
+    cars: dict[str, Probe] = {
+        c.vid: matrix_clients.car(
+            c.vid, cert=c.cert_file, key=c.key_file, client_id=c.vid
+        ).connect()
+        for c in enrolled
+    }
 
     attempts = succeeded = 0
     for a, car in cars.items():

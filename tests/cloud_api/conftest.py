@@ -3,6 +3,7 @@
 import asyncio
 import ssl
 from collections.abc import AsyncIterator, Awaitable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -127,11 +128,11 @@ def p384_key() -> ec.EllipticCurvePrivateKey:
     return ec.generate_private_key(ec.SECP384R1())
 
 
-@pytest.fixture
-async def api(shared_pki: DevPki, tmp_path: Path) -> AsyncIterator[Api]:
-    """The app served by uvicorn over TLS, with a fresh store and a manual clock."""
+@asynccontextmanager
+async def serving(pki: DevPki, tmp_path: Path) -> AsyncIterator[Api]:
+    """The app served by uvicorn over TLS from ``pki``, with a fresh store and a manual clock."""
     config = CloudConfig.from_pki(
-        shared_pki,
+        pki,
         db_path=tmp_path / "cloud.db",
         broker_port=8883,
         http_port=free_port(),
@@ -145,13 +146,20 @@ async def api(shared_pki: DevPki, tmp_path: Path) -> AsyncIterator[Api]:
     server = asyncio.create_task(serve_api(app, config, ready=ready), name="test-api")
     try:
         await within(ready.wait())
-        tls = ssl.create_default_context(cafile=shared_pki.ca_cert)
+        tls = ssl.create_default_context(cafile=pki.ca_cert)
         async with httpx.AsyncClient(
             base_url=f"https://localhost:{config.http_port}", verify=tls, timeout=STEP_S
         ) as client:
-            yield Api(app, store, clock, events, client, shared_pki, config)
+            yield Api(app, store, clock, events, client, pki, config)
     finally:
         server.cancel()
         with pytest.raises(asyncio.CancelledError):
             await within(server)
         await within(store.close())
+
+
+@pytest.fixture
+async def api(shared_pki: DevPki, tmp_path: Path) -> AsyncIterator[Api]:
+    """The app served by uvicorn over TLS, with a fresh store and a manual clock."""
+    async with serving(shared_pki, tmp_path) as running:
+        yield running
