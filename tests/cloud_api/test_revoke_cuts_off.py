@@ -1,23 +1,18 @@
 """Revoking through the API cuts the car off the real broker at once; the other car stays."""
 
-import asyncio
-import ssl
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from agent.protocol import messages
 from agent.protocol.keys import generate_private_key
-from cloud.config import CloudConfig
 from cloud.errors import LinkError
 from cloud.pki import DevPki, write_dev_pki
-from cloud.worker import Worker
-from simulator.broker import Mosquitto, free_port
+from simulator.broker import Mosquitto
 
-from .conftest import ADMIN_TOKEN, STEP_S, csr_pem, within
-from .test_with_worker import Car, Served
+from .conftest import ADMIN_TOKEN, csr_pem, within
+from .test_with_worker import Car, Served, worker_served
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
@@ -36,29 +31,9 @@ def own_broker(own_pki: DevPki, tmp_path: Path) -> Iterator[Mosquitto]:
 
 @pytest.fixture
 async def served(own_pki: DevPki, own_broker: Mosquitto, tmp_path: Path) -> AsyncIterator[Served]:
-    config = CloudConfig.from_pki(
-        own_pki,
-        db_path=tmp_path / "cloud.db",
-        broker_port=own_broker.port,
-        http_port=free_port(),
-        admin_token=ADMIN_TOKEN,
-        crl_file=own_pki.crl,
-        broker_pid_file=own_broker.pid_file,
-    )
-    worker = Worker(config)
-    task = asyncio.create_task(worker.run(), name="test-worker-revoke")
-    try:
-        await within(worker.ready.wait())
-        await within(worker.api_ready.wait())
-        tls = ssl.create_default_context(cafile=own_pki.ca_cert)
-        async with httpx.AsyncClient(
-            base_url=f"https://127.0.0.1:{config.http_port}", verify=tls, timeout=STEP_S
-        ) as client:
-            yield Served(worker, client, own_pki, own_broker, tmp_path)
-    finally:
-        task.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await within(task)
+    overrides = {"crl_file": own_pki.crl, "broker_pid_file": own_broker.pid_file}
+    async with worker_served(own_pki, own_broker, tmp_path, **overrides) as running:
+        yield running
 
 
 async def enroll_two(s: Served) -> list[Car]:

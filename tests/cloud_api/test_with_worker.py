@@ -4,6 +4,7 @@ import asyncio
 import json
 import ssl
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,32 +37,42 @@ class Served:
     tmp: Path
 
 
-@pytest.fixture
-async def served(
-    shared_pki: DevPki, shared_broker: Mosquitto, tmp_path: Path
+@asynccontextmanager
+async def worker_served(
+    pki: DevPki, broker: Mosquitto, tmp_path: Path, **overrides: object
 ) -> AsyncIterator[Served]:
+    """``ctpl-cloud serve`` in-process (worker + HTTPS API) on a fresh store, and a client."""
     config = CloudConfig.from_pki(
-        shared_pki,
+        pki,
         db_path=tmp_path / "cloud.db",
-        broker_port=shared_broker.port,
+        broker_port=broker.port,
         client_id=f"api-test-{free_port()}",
         http_port=free_port(),
         admin_token=ADMIN_TOKEN,
+        **overrides,
     )
     worker = Worker(config)
     task = asyncio.create_task(worker.run(), name="test-worker-api")
     try:
         await within(worker.ready.wait())
         await within(worker.api_ready.wait())
-        tls = ssl.create_default_context(cafile=shared_pki.ca_cert)
+        tls = ssl.create_default_context(cafile=pki.ca_cert)
         async with httpx.AsyncClient(
             base_url=f"https://127.0.0.1:{config.http_port}", verify=tls, timeout=STEP_S
         ) as client:
-            yield Served(worker, client, shared_pki, shared_broker, tmp_path)
+            yield Served(worker, client, pki, broker, tmp_path)
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await within(task)
+
+
+@pytest.fixture
+async def served(
+    shared_pki: DevPki, shared_broker: Mosquitto, tmp_path: Path
+) -> AsyncIterator[Served]:
+    async with worker_served(shared_pki, shared_broker, tmp_path) as running:
+        yield running
 
 
 class Car:
