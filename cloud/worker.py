@@ -26,7 +26,7 @@ from agent.protocol.keys import PublicKey, kid_for
 
 from .config import CloudConfig
 from .errors import LinkError, StoreError
-from .handler import CounterRow, Reply, RequestHandler, VehicleState
+from .handler import Reply, RequestHandler, VehicleState
 from .link import MqttLink, tls_context
 from .pki import CertificateAuthority
 from .revocation import BrokerControl, sighup_from_pid_file
@@ -54,6 +54,10 @@ class Worker:
         self.signing_keys = load_signing_keys(config)
         self._signer = Signer(self.signing_keys.newest)
         self._inbox: list[tuple[str, bytes]] = []
+        self._replies: list[Reply] = []
+        """Replies handled but not yet committed and sent."""
+        self._dirty: set[str] = set()
+        """Vehicles whose counters changed since the last commit."""
         self._wake = asyncio.Event()
         self.handler: RequestHandler | None = None
         self._store: Store | None = None
@@ -176,33 +180,29 @@ class Worker:
             await link.close()
 
     async def _flush_loop(self, store: Store, link: MqttLink) -> None:
-        """Handle queued requests batch by batch; commit each batch, then publish its replies.
+        """Handle queued requests as they come; a committer writes and answers behind.
 
-        Batch N+1 is handled while batch N's commit is under way; commits run in order
-        on the store's one connection, and each batch's replies wait for their own commit.
+        While one commit is on disk (fsync), the batches handled meanwhile queue up and
+        go into the next transaction together (group commit). Replies leave only after
+        the transaction holding their counters has committed, in arrival order.
         """
         assert self.handler is not None
         handler = self.handler
-        previous: asyncio.Task[None] | None = None
-        try:
+        committed = asyncio.Event()
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._commit_loop(store, link, committed), name="cloud-commit")
             while True:
                 await self._wake.wait()
                 self._wake.clear()
                 batch, self._inbox = self._inbox, []
                 if not batch:
                     continue
-                replies = self._handle_batch(handler, batch)
-                dirty, handler.dirty = handler.dirty, set()
-                rows = [handler.vehicles[vid].row(vid) for vid in dirty]
-                previous = asyncio.create_task(
-                    self._commit_then_publish(store, link, rows, replies, previous),
-                    name="cloud-commit",
-                )
-                # Let the commit start, and give the link a turn to read more requests.
+                self._replies.extend(self._handle_batch(handler, batch))
+                self._dirty |= handler.dirty
+                handler.dirty = set()
+                committed.set()
+                # Give the link a turn to read more requests.
                 await asyncio.sleep(0)
-        finally:
-            if previous is not None:
-                await asyncio.wait([previous], timeout=5.0)
 
     def _handle_batch(self, handler: RequestHandler, batch: list[tuple[str, bytes]]) -> list[Reply]:
         now = self.clock.now()
@@ -218,28 +218,24 @@ class Worker:
                 replies.append(reply)
         return replies
 
-    async def _commit_then_publish(
-        self,
-        store: Store,
-        link: MqttLink,
-        rows: list[CounterRow],
-        replies: list[Reply],
-        previous: "asyncio.Task[None] | None",
-    ) -> None:
-        saved = True
-        if rows:
-            try:
-                await store.save_counters(rows)
-            except StoreError:
-                log.exception("cannot persist counters; dropping %d replies", len(replies))
-                self.counters["store_error"] += 1
-                saved = False
-        if previous is not None:
-            await previous  # publish in batch order
-        if not saved:
-            return
-        for reply in replies:
-            body = messages.encode(reply.body)
-            link.publish(reply.topic, self._signer.seal(reply.topic, body), retain=reply.retain)
-        self.counters["batches"] += 1
-        self.counters["replies"] += len(replies)
+    async def _commit_loop(self, store: Store, link: MqttLink, work: asyncio.Event) -> None:
+        assert self.handler is not None
+        vehicles = self.handler.vehicles
+        while True:
+            await work.wait()
+            work.clear()
+            replies, self._replies = self._replies, []
+            dirty, self._dirty = self._dirty, set()
+            rows = [vehicles[vid].row(vid) for vid in dirty if vid in vehicles]
+            if rows:
+                try:
+                    await store.save_counters(rows)
+                except StoreError:
+                    log.exception("cannot persist counters; dropping %d replies", len(replies))
+                    self.counters["store_error"] += 1
+                    continue
+            for reply in replies:
+                body = messages.encode(reply.body)
+                link.publish(reply.topic, self._signer.seal(reply.topic, body), retain=reply.retain)
+            self.counters["batches"] += 1
+            self.counters["replies"] += len(replies)
