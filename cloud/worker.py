@@ -26,7 +26,7 @@ from agent.protocol.keys import PublicKey, kid_for
 
 from .config import CloudConfig
 from .errors import LinkError, StoreError
-from .handler import Reply, RequestHandler, VehicleState
+from .handler import CounterRow, Reply, RequestHandler, VehicleState
 from .link import MqttLink, tls_context
 from .pki import CertificateAuthority
 from .revocation import BrokerControl, sighup_from_pid_file
@@ -54,10 +54,7 @@ class Worker:
         self.signing_keys = load_signing_keys(config)
         self._signer = Signer(self.signing_keys.newest)
         self._inbox: list[tuple[str, bytes]] = []
-        self._replies: list[Reply] = []
-        """Replies handled but not yet committed and sent."""
-        self._dirty: set[str] = set()
-        """Vehicles whose counters changed since the last commit."""
+
         self._wake = asyncio.Event()
         self.handler: RequestHandler | None = None
         self._store: Store | None = None
@@ -70,6 +67,9 @@ class Worker:
     async def run(self) -> None:
         """Load the store, connect, and serve requests until cancelled."""
         store = await Store.open(self.config.db_path)
+        # The hot path's own connection: counters only, so its commits never wait on
+        # (or fold into) a transaction of the hooks that use ``store``.
+        counters_store = await Store.open(self.config.db_path)
         try:
             self.handler = RequestHandler(
                 vehicles=await store.load_vehicles(),
@@ -94,7 +94,7 @@ class Worker:
                 keepalive_s=self.config.keepalive_s,
             )
             async with asyncio.TaskGroup() as tg:
-                tg.create_task(self._flush_loop(store, link), name="cloud-flush")
+                tg.create_task(self._flush_loop(counters_store, link), name="cloud-flush")
                 tg.create_task(self._connection_loop(link), name="cloud-connection")
                 if self.config.http_port is not None:
                     tg.create_task(self._serve_api(), name="cloud-api")
@@ -105,6 +105,7 @@ class Worker:
                     )
         finally:
             self._store = None
+            await counters_store.close()
             await store.close()
 
     async def _serve_api(self) -> None:
@@ -180,29 +181,33 @@ class Worker:
             await link.close()
 
     async def _flush_loop(self, store: Store, link: MqttLink) -> None:
-        """Handle queued requests as they come; a committer writes and answers behind.
+        """Handle queued requests batch by batch; commit each batch, then publish its replies.
 
-        While one commit is on disk (fsync), the batches handled meanwhile queue up and
-        go into the next transaction together (group commit). Replies leave only after
-        the transaction holding their counters has committed, in arrival order.
+        Batch N+1 is handled while batch N's commit is under way; commits run in order
+        on the store's one connection, and each batch's replies wait for their own commit.
         """
         assert self.handler is not None
         handler = self.handler
-        committed = asyncio.Event()
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._commit_loop(store, link, committed), name="cloud-commit")
+        previous: asyncio.Task[None] | None = None
+        try:
             while True:
                 await self._wake.wait()
                 self._wake.clear()
                 batch, self._inbox = self._inbox, []
                 if not batch:
                     continue
-                self._replies.extend(self._handle_batch(handler, batch))
-                self._dirty |= handler.dirty
-                handler.dirty = set()
-                committed.set()
-                # Give the link a turn to read more requests.
+                replies = self._handle_batch(handler, batch)
+                dirty, handler.dirty = handler.dirty, set()
+                rows = [handler.vehicles[vid].row(vid) for vid in dirty if vid in handler.vehicles]
+                previous = asyncio.create_task(
+                    self._commit_then_publish(store, link, rows, replies, previous),
+                    name="cloud-commit",
+                )
+                # Let the commit start, and give the link a turn to read more requests.
                 await asyncio.sleep(0)
+        finally:
+            if previous is not None:
+                await asyncio.wait([previous], timeout=5.0)
 
     def _handle_batch(self, handler: RequestHandler, batch: list[tuple[str, bytes]]) -> list[Reply]:
         now = self.clock.now()
@@ -218,24 +223,28 @@ class Worker:
                 replies.append(reply)
         return replies
 
-    async def _commit_loop(self, store: Store, link: MqttLink, work: asyncio.Event) -> None:
-        assert self.handler is not None
-        vehicles = self.handler.vehicles
-        while True:
-            await work.wait()
-            work.clear()
-            replies, self._replies = self._replies, []
-            dirty, self._dirty = self._dirty, set()
-            rows = [vehicles[vid].row(vid) for vid in dirty if vid in vehicles]
-            if rows:
-                try:
-                    await store.save_counters(rows)
-                except StoreError:
-                    log.exception("cannot persist counters; dropping %d replies", len(replies))
-                    self.counters["store_error"] += 1
-                    continue
-            for reply in replies:
-                body = messages.encode(reply.body)
-                link.publish(reply.topic, self._signer.seal(reply.topic, body), retain=reply.retain)
-            self.counters["batches"] += 1
-            self.counters["replies"] += len(replies)
+    async def _commit_then_publish(
+        self,
+        store: Store,
+        link: MqttLink,
+        rows: list[CounterRow],
+        replies: list[Reply],
+        previous: "asyncio.Task[None] | None",
+    ) -> None:
+        saved = True
+        if rows:
+            try:
+                await store.save_counters(rows)
+            except StoreError:
+                log.exception("cannot persist counters; dropping %d replies", len(replies))
+                self.counters["store_error"] += 1
+                saved = False
+        if previous is not None:
+            await previous  # publish in batch order
+        if not saved:
+            return
+        for reply in replies:
+            body = messages.encode(reply.body)
+            link.publish(reply.topic, self._signer.seal(reply.topic, body), retain=reply.retain)
+        self.counters["batches"] += 1
+        self.counters["replies"] += len(replies)
