@@ -25,3 +25,17 @@ def shared_broker(
     broker = Mosquitto(shared_pki, Path(tmp_path_factory.mktemp("broker"))).start()
     yield broker
     broker.stop()
+
+
+@pytest.fixture
+def own_pki(tmp_path: Path) -> DevPki:
+    """A dev PKI of this test's own (three cars), for tests that change the CRL."""
+    return write_dev_pki(tmp_path / "pki", 3)
+
+
+@pytest.fixture
+def own_broker(own_pki: DevPki, tmp_path: Path) -> Iterator[Mosquitto]:
+    """A Mosquitto of this test's own, on ``own_pki``."""
+    broker = Mosquitto(own_pki, tmp_path / "broker").start()
+    yield broker
+    broker.stop()

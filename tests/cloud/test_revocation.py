@@ -1,14 +1,13 @@
 """Revoking a car against the real broker: it is kicked now and refused later; others stay."""
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from cryptography import x509
 
 from agent.protocol.keys import load_private_key
 from cloud.link import tls_context
-from cloud.pki import CertificateAuthority, DevPki, write_dev_pki
+from cloud.pki import CertificateAuthority, DevPki
 from cloud.revocation import BrokerControl, sighup_from_pid_file
 from simulator.broker import Mosquitto
 
@@ -16,15 +15,13 @@ from ..broker.mqtt_probe import Clients
 
 
 @pytest.fixture
-def pki(tmp_path: Path) -> DevPki:
-    return write_dev_pki(tmp_path / "pki", 3)
+def pki(own_pki: DevPki) -> DevPki:
+    return own_pki
 
 
 @pytest.fixture
-def broker(pki: DevPki, tmp_path: Path) -> Iterator[Mosquitto]:
-    b = Mosquitto(pki, tmp_path / "broker").start()
-    yield b
-    b.stop()
+def broker(own_broker: Mosquitto) -> Mosquitto:
+    return own_broker
 
 
 @pytest.fixture

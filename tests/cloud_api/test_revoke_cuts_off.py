@@ -1,6 +1,6 @@
 """Revoking through the API cuts the car off the real broker at once; the other car stays."""
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -8,25 +8,13 @@ import pytest
 from agent.protocol import messages
 from agent.protocol.keys import generate_private_key
 from cloud.errors import LinkError
-from cloud.pki import DevPki, write_dev_pki
+from cloud.pki import DevPki
 from simulator.broker import Mosquitto
 
 from .conftest import ADMIN_TOKEN, csr_pem, within
 from .test_with_worker import Car, Served, worker_served
 
 AUTH = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-@pytest.fixture
-def own_pki(tmp_path: Path) -> DevPki:
-    return write_dev_pki(tmp_path / "pki", 0)
-
-
-@pytest.fixture
-def own_broker(own_pki: DevPki, tmp_path: Path) -> Iterator[Mosquitto]:
-    broker = Mosquitto(own_pki, tmp_path / "broker").start()
-    yield broker
-    broker.stop()
 
 
 @pytest.fixture
