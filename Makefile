@@ -42,8 +42,10 @@ format: bootstrap
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Round trips through one worker, then one agent's footprint (RSS, cold start, idle CPU).
 bench: bootstrap
 	$(BIN)/ctpl-sim bench --out docs/benchmarks.md
+	$(BIN)/ctpl-sim footprint --out docs/benchmarks.md
 
 clean:
 	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache

@@ -1,4 +1,4 @@
-"""``ctpl-sim``: the demo, a fleet of simulated cars, and the benchmark."""
+"""``ctpl-sim``: the demo, a fleet of simulated cars, and the benchmarks."""
 
 import argparse
 import asyncio
@@ -37,6 +37,17 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--cars", type=int, default=200, help="concurrent cars (default 200)")
     b.add_argument("--seconds", type=float, default=10.0, help="measured time (default 10)")
     b.add_argument("--runs", type=int, default=3, help="loaded runs; the median is reported")
+
+    f = sub.add_parser("footprint", help="one agent process: RSS, cold start, idle CPU")
+    f.add_argument("--out", type=Path, help="Markdown file to write the figures into")
+    f.add_argument("--starts", type=int, default=5, help="starts per page-cache state (default 5)")
+    f.add_argument(
+        "--idle",
+        type=float,
+        default=30.0,
+        metavar="SECONDS",
+        help="idle window after the first state (default 30)",
+    )
     return p  # fmt: skip
 
 
@@ -67,6 +78,13 @@ def main(argv: list[str] | None = None) -> int:
             return asyncio.run(run_demo(a.workdir, a.cars, a.duration))
         if a.command == "run":
             return asyncio.run(_run_cars(a))
+        if a.command == "footprint":
+            if a.starts < 1 or a.idle <= 0:
+                print("ctpl-sim: --starts must be at least 1, --idle positive", file=sys.stderr)
+                return 2
+            from .footprint import main as footprint_main
+
+            return footprint_main(a.out, a.starts, a.idle)
         from .bench import main as bench_main
 
         return bench_main(a.out, a.cars, a.seconds, a.runs)
