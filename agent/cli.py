@@ -26,7 +26,8 @@ from .protocol.errors import TopicError
 from .protocol.keys import PublicKey
 from .protocol.messages import PolicyState
 from .runner import Agent
-from .store import Store
+from .store import PolicyRecord, Store
+from .trusted_time import TrustedClock, TrustedNow
 
 EXIT_OK: Final = 0
 EXIT_UNVERIFIED: Final = 1
@@ -76,8 +77,11 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser(
         "status",
         help="show the stored policy state, only if it verifies with a pinned cloud key",
-        description="Re-verify the stored record's signature, then show it; print "
-        "'status unverified' (exit 1) if nothing verified and fresh is stored. "
+        description="Re-verify the stored record's signature, then judge it in trusted time; "
+        "print 'status unverified' (exit 1) if nothing verified and fresh is stored. This "
+        "process knows only the persisted trusted-time floor (confidence 'carried'), which "
+        "never proves a record fresh: without --now it shows 'status unverified' with the "
+        "floor; the running agent shows the claims. "
         "Give --config (store, vid and pinned keys, key set included), or --db and --cloud-key.",
     )
     status.add_argument("--config", type=Path, help="the agent's config file")
@@ -90,7 +94,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--vid", help="refuse a record for any other vehicle id")
     status.add_argument("--json", action="store_true", help="print one JSON object")
-    status.add_argument("--now", type=_aware, help="the instant to judge at (ISO 8601 with offset)")
+    status.add_argument(
+        "--now",
+        type=_aware,
+        help="judge at this instant, stated by you (ISO 8601 with offset; confidence 'given')",
+    )
     _add_enroll(sub)
     renew = sub.add_parser(
         "renew",
@@ -129,9 +137,19 @@ def _add_enroll(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
     )
 
 
-async def _stored_state(db: Path, keys: dict[str, PublicKey], vid: str | None) -> PolicyState | str:
+async def _stored(
+    db: Path, keys: dict[str, PublicKey], vid: str | None
+) -> tuple[PolicyState | str, datetime | None]:
+    """The stored state (or why none can be shown) and the persisted trusted-time floor."""
     async with asyncio.timeout(STORE_TIMEOUT_S), Store(db) as store:
         record = await store.policy()
+        floor = await store.trusted_floor()
+    return _stored_state(record, keys, vid), floor
+
+
+def _stored_state(
+    record: PolicyRecord | None, keys: dict[str, PublicKey], vid: str | None
+) -> PolicyState | str:
     if record is None:
         return "no policy state is stored"
     try:
@@ -148,7 +166,20 @@ async def _stored_state(db: Path, keys: dict[str, PublicKey], vid: str | None) -
     return outcome.body
 
 
+def _trusted(
+    given: datetime | None, floor: datetime | None, found: PolicyState | str
+) -> TrustedNow | None:
+    """``--now`` as given; else only the persisted floor (this process holds no anchor)."""
+    if given is not None:
+        return TrustedNow.given(given)
+    clock = TrustedClock(floor)
+    if isinstance(found, PolicyState):
+        clock.raise_floor(found.issued_at)
+    return clock.now(0.0)
+
+
 def _status(args: argparse.Namespace) -> int:
+    # The wall clock only picks usable key set keys here; it never decides what is shown.
     now = args.now or SystemClock().now()
     if args.config is None:
         keys = load_pinned_keys(args.cloud_key)
@@ -158,17 +189,19 @@ def _status(args: argparse.Namespace) -> int:
         keys = load_trusted_keys(pinned, config.keyset_file, config.root_key, now)
         args.db = args.db or config.db_path
         args.vid = args.vid or config.vid
+    floor = None
     if not args.db.is_file():
         found: PolicyState | str = f"no store at {args.db}"
     else:
         try:
-            found = asyncio.run(_stored_state(args.db, keys, args.vid))
+            found, floor = asyncio.run(_stored(args.db, keys, args.vid))
         except (StoreError, TimeoutError) as exc:
             found = f"store unreadable: {exc or 'timed out'}"
+    trusted = _trusted(args.now, floor, found)
     if isinstance(found, str):
-        shown = display.view(None, now, missing=found)
+        shown = display.view(None, trusted, missing=found)
     else:
-        shown = display.view(found, now)
+        shown = display.view(found, trusted)
     print(json.dumps(display.as_json(shown)) if args.json else display.as_text(shown))
     return EXIT_UNVERIFIED if isinstance(shown, display.Unverified) else EXIT_OK
 

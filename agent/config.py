@@ -25,6 +25,7 @@ PATH_FIELDS: Final = frozenset(
 )
 RENEWAL_CHECK_S: Final = 12 * 3600.0
 KEYSET_REFRESH_MIN_S: Final = 300.0
+TRUSTED_FLOOR_SAVE_S: Final = 600.0
 
 
 class AgentConfig(BaseModel):
@@ -63,6 +64,8 @@ class AgentConfig(BaseModel):
     """The first wait after a failed renewal; it doubles up to renewal_check_s."""
     keyset_refresh_min_s: Annotated[float, Field(gt=0)] = KEYSET_REFRESH_MIN_S
     """The least time between two key set fetches (made when a message's kid is unknown)."""
+    trusted_floor_save_s: Annotated[float, Field(gt=0)] = TRUSTED_FLOOR_SAVE_S
+    """How often the running agent persists its trusted-time floor (also on every accept)."""
 
     @field_validator("vid")
     @classmethod

@@ -1,22 +1,47 @@
-"""What the head unit may show for a policy state at an instant: pure, no I/O.
+"""What the head unit may show for a policy state, judged in trusted time: pure, no I/O.
 
-Only a cloud-signed, verified state that is still fresh is shown; anything else is
-"status unverified" with a reason (the freeze attack replays an old, valid record).
+The gateway's wall clock never enters here: ``view`` takes a ``TrustedNow`` (an
+interval that holds real time, see ``trusted_time``) and claims "covered", "expiring"
+or "lapsed" only when the claim holds for every instant of that interval. The rule:
+
+1. No verified state, or no trusted time at all (confidence NONE): unverified.
+2. Some instant of the interval is past ``fresh_until``: unverified (the freeze attack
+   replays an old, valid record). With CARRIED confidence (only a floor from an earlier
+   boot, no upper bound) that is always so: the car may have been parked for months,
+   so CARRIED never shows a claim, not even "lapsed" (a renewal may have come meanwhile
+   and a frozen "lapsed" is the forged "pay here" prompt in disguise).
+3. With FRESH or GIVEN time, inside freshness: a record the cloud signed as ``lapsed``
+   or ``unknown`` is shown as such; otherwise the coverage dates decide, in China time
+   (coverage runs from 00:00 of the start date to 24:00 of the end date):
+   ``lapsed`` when the interval's earliest instant is at or past the end and the record
+   was issued at or after the end (a record issued before it cannot know of a renewal
+   made elsewhere meanwhile: until the cloud confirms, unverified); ``covered`` or
+   ``expiring`` (``days_left`` at the interval's latest instant within
+   ``expiring_within_days``) when the whole interval lies inside the term; ``unknown``
+   when it lies wholly before the start or dates are missing; unverified when the
+   interval straddles the start or the end.
 """
 
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Any
+from typing import Any, Final, Literal
 
-from .protocol.calendar import days_left
+from .protocol.calendar import coverage_end_instant, coverage_start_instant, days_left
 from .protocol.messages import PolicyState
+from .trusted_time import Confidence, TrustedNow
+
+EXPIRING_WITHIN_DAYS: Final = 30
+"""Days left at or under which a covered car shows ``expiring`` (the first reminder stage)."""
+HeadStatus = Literal["covered", "expiring", "lapsed", "unknown"]
+NO_TIME: Final = "no trusted time yet: waiting for a cloud-signed time"
 
 
 @dataclass(frozen=True, slots=True)
 class StatusView:
-    """A verified, fresh policy state as the driver sees it."""
+    """A verified, fresh policy state as the driver sees it at trusted time ``time``."""
 
-    status: str
+    status: HeadStatus
+    record_status: str
     insurer: str | None
     policy_no_masked: str | None
     coverage_start: date | None
@@ -25,36 +50,87 @@ class StatusView:
     version: int
     issued_at: datetime
     fresh_until: datetime
+    time: TrustedNow
 
 
 @dataclass(frozen=True, slots=True)
 class Unverified:
-    """Nothing may be shown; ``reason`` says why."""
+    """Nothing may be shown; ``reason`` says why; ``time`` is the trusted time, if any."""
 
     reason: str
+    time: TrustedNow | None = None
+
+
+def _coverage(
+    state: PolicyState, now: TrustedNow, expiring_within_days: int
+) -> HeadStatus | Unverified:
+    """The head status the dates give for the whole interval, or why none can be claimed."""
+    if state.status in ("lapsed", "unknown"):
+        return state.status
+    start, end = state.coverage_start, state.coverage_end
+    if start is None or end is None:
+        return "unknown"
+    assert now.latest is not None
+    ends = coverage_end_instant(end)
+    if now.earliest >= ends:
+        if state.issued_at >= ends:
+            return "lapsed"
+        return Unverified(
+            f"coverage on record ended {ends.isoformat()}; waiting for the cloud to confirm "
+            "(it may have been renewed elsewhere)",
+            now,
+        )
+    if now.latest < coverage_start_instant(start):
+        return "unknown"
+    if now.earliest >= coverage_start_instant(start) and now.latest < ends:
+        return "expiring" if days_left(now.latest, end) <= expiring_within_days else "covered"
+    return Unverified(
+        f"trusted time ({now.describe()}) straddles the start or end of coverage", now
+    )
 
 
 def view(
-    state: PolicyState | None, now: datetime, *, missing: str = "no verified state"
+    state: PolicyState | None,
+    now: TrustedNow | None,
+    *,
+    missing: str = "no verified state",
+    expiring_within_days: int = EXPIRING_WITHIN_DAYS,
 ) -> StatusView | Unverified:
-    """The view of a verified ``state`` at ``now``; Unverified when none or past fresh_until."""
+    """The view of a verified ``state`` at trusted time ``now``, by the rule above."""
     if state is None:
-        return Unverified(missing)
-    if now > state.fresh_until:
-        return Unverified(f"record is past fresh_until {state.fresh_until.isoformat()}")
+        return Unverified(missing, now)
+    if now is None or now.confidence is Confidence.NONE:
+        return Unverified(NO_TIME, now)
+    fresh_until = state.fresh_until.isoformat()
+    if now.earliest > state.fresh_until:
+        return Unverified(f"record is past fresh_until {fresh_until}", now)
+    if now.latest is None:
+        return Unverified(
+            f"trusted time is carried from an earlier boot ({now.describe()}): the record "
+            f"may be past fresh_until {fresh_until}; waiting for a cloud-signed time",
+            now,
+        )
+    if now.latest > state.fresh_until:
+        return Unverified(f"record may be past fresh_until {fresh_until} ({now.describe()})", now)
+    shown = _coverage(state, now, expiring_within_days)
+    if isinstance(shown, Unverified):
+        return shown
     insurer = state.insurer_name or state.insurer_code
     if state.insurer_name and state.insurer_code:
         insurer = f"{state.insurer_name} ({state.insurer_code})"
+    end = state.coverage_end
     return StatusView(
-        status=state.status,
+        status=shown,
+        record_status=state.status,
         insurer=insurer,
         policy_no_masked=state.policy_no_masked,
         coverage_start=state.coverage_start,
-        coverage_end=state.coverage_end,
-        days_left=None if state.coverage_end is None else days_left(now, state.coverage_end),
+        coverage_end=end,
+        days_left=None if end is None else days_left(now.latest, end),
         version=state.version,
         issued_at=state.issued_at,
         fresh_until=state.fresh_until,
+        time=now,
     )
 
 
@@ -66,15 +142,31 @@ def _text(value: object) -> str:
     return str(value)
 
 
+def _time(now: TrustedNow | None) -> str:
+    return "none (no cloud-signed time yet)" if now is None else now.describe()
+
+
+def _time_json(now: TrustedNow | None) -> dict[str, Any]:
+    if now is None:
+        return {"confidence": str(Confidence.NONE), "earliest": None, "latest": None}
+    latest = None if now.latest is None else now.latest.isoformat()
+    return {
+        "confidence": str(now.confidence),
+        "earliest": now.earliest.isoformat(),
+        "latest": latest,
+    }
+
+
 def as_text(shown: StatusView | Unverified) -> str:
     """Lines for a terminal; the first is ``status unverified`` or ``status: <status>``."""
     if isinstance(shown, Unverified):
-        return f"status unverified\nreason: {shown.reason}"
+        return f"status unverified\nreason: {shown.reason}\ntrusted time: {_time(shown.time)}"
     coverage = "-"
     if shown.coverage_start or shown.coverage_end:
         coverage = f"{_text(shown.coverage_start)} to {_text(shown.coverage_end)} 24:00 China time"
     rows = [
         ("status", shown.status),
+        ("record status", shown.record_status),
         ("insurer", shown.insurer),
         ("policy no", shown.policy_no_masked),
         ("coverage", coverage),
@@ -82,6 +174,7 @@ def as_text(shown: StatusView | Unverified) -> str:
         ("version", shown.version),
         ("issued at", shown.issued_at),
         ("fresh until", shown.fresh_until),
+        ("trusted time", _time(shown.time)),
     ]
     return "\n".join(f"{name}: {_text(value)}" for name, value in rows)
 
@@ -89,10 +182,11 @@ def as_text(shown: StatusView | Unverified) -> str:
 def as_json(shown: StatusView | Unverified) -> dict[str, Any]:
     """A JSON-ready object; ``verified`` says which kind it is."""
     if isinstance(shown, Unverified):
-        return {"verified": False, "reason": shown.reason}
+        return {"verified": False, "reason": shown.reason, "trusted_time": _time_json(shown.time)}
     return {
         "verified": True,
         "status": shown.status,
+        "record_status": shown.record_status,
         "insurer": shown.insurer,
         "policy_no_masked": shown.policy_no_masked,
         "coverage_start": _text(shown.coverage_start) if shown.coverage_start else None,
@@ -101,4 +195,5 @@ def as_json(shown: StatusView | Unverified) -> dict[str, Any]:
         "version": shown.version,
         "issued_at": shown.issued_at.isoformat(),
         "fresh_until": shown.fresh_until.isoformat(),
+        "trusted_time": _time_json(shown.time),
     }

@@ -11,6 +11,13 @@ A cloud message signed under a kid the agent does not know (a rolled signing key
 it fetch the cloud's key set, at most once per ``keyset_refresh_min_s``; a key set that
 the pinned root signed and that is newer than the held one is installed and trusted at
 once, and the agent asks for its state again. Keys past their cut-off stop verifying.
+
+Trusted time (``trusted_time``): a verified, accepted state that replies to a status
+request sent during this run anchors it (the request's and the reply's monotonic
+readings bound when the cloud stamped ``issued_at``); any other accepted state (a
+retained or pushed copy, perhaps days old) and the stored record only raise the floor.
+The floor is persisted on every accept, every ``trusted_floor_save_s`` and at a clean
+stop, and loaded at start. What the head unit may show comes from ``status_view()``.
 """
 
 import asyncio
@@ -21,7 +28,7 @@ import ssl
 from collections import Counter
 from typing import Final
 
-from . import identity, inbox, keyring, keyset, provisioning
+from . import display, identity, inbox, keyring, keyset, provisioning
 from .backoff import Backoff
 from .config import AgentConfig
 from .errors import (
@@ -31,6 +38,7 @@ from .errors import (
     LinkError,
     NotConnectedError,
     StateTimeoutError,
+    StoreError,
 )
 from .keystore import FileKeyStore, KeySigner
 from .link import Link, Received, open_link, tls_context
@@ -40,11 +48,14 @@ from .protocol.clock import Clock, SystemClock
 from .protocol.keys import PublicKey
 from .protocol.messages import ErrorReply, PolicyState, StatusRequest
 from .store import Store
+from .trusted_time import TrustedClock, TrustedNow
 
 log = logging.getLogger(__name__)
 
 STABLE_S: Final = 60.0
 """A session that lasted this long resets the reconnect backoff."""
+SENT_KEPT: Final = 64
+"""How many recent status requests' send times are kept to anchor their replies."""
 
 
 class _StopRequested(Exception):
@@ -66,7 +77,10 @@ class Agent:
     ``link_failures`` tallies lost or failed sessions by LinkError reason;
     ``renewals`` tallies renewal checks: ``renewed``, ``not_due``, ``failed``;
     ``keyset_fetches`` tallies key set fetches: ``accepted``, or the reason one was
-    refused (``rollback``, ``bad_signature``, ``unknown_key``, …) or ``failed``.
+    refused (``rollback``, ``bad_signature``, ``unknown_key``, …) or ``failed``;
+    ``time_events`` tallies what accepted states did to trusted time: ``anchored``,
+    ``floor`` (not a reply to this run's request: a lower bound only), ``refused``
+    (an ``issued_at`` below the floor).
     """
 
     def __init__(
@@ -77,6 +91,7 @@ class Agent:
         self.link_failures: Counter[str] = Counter()
         self.renewals: Counter[str] = Counter()
         self.keyset_fetches: Counter[str] = Counter()
+        self.time_events: Counter[str] = Counter()
         self._clock = clock or SystemClock()
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         try:
@@ -89,6 +104,8 @@ class Agent:
         self._last_fetch_at: float | None = None
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
         self._state: PolicyState | None = None
+        self._trusted = TrustedClock()
+        self._sent: dict[int, float] = {}
         self._last_error: ErrorReply | None = None
         self._store: Store | None = None
         self._link: Link | None = None
@@ -105,6 +122,14 @@ class Agent:
     def last_error(self) -> ErrorReply | None:
         """The last verified error reply received during this run."""
         return self._last_error
+
+    def trusted_now(self) -> TrustedNow | None:
+        """What the agent knows of real time now, from signed time only; None when nothing."""
+        return self._trusted.now(self._clock.monotonic())
+
+    def status_view(self) -> display.StatusView | display.Unverified:
+        """What the head unit may show now: the held state judged in trusted time."""
+        return display.view(self._state, self.trusted_now())
 
     @property
     def keyset_version(self) -> int | None:
@@ -132,17 +157,25 @@ class Agent:
         async with Store(self.config.db_path) as store:
             self._store = store
             try:
+                floor = await store.trusted_floor()
+                if floor is not None:
+                    self._trusted.raise_floor(floor)
                 await self._load_stored(store)
+                vid = self.config.vid
                 async with asyncio.TaskGroup() as tg:
-                    renewing = tg.create_task(
-                        self._renew_periodically(store), name=f"agent-{self.config.vid}-renewal"
-                    )
-                    refreshing = tg.create_task(
-                        self._refresh_keys_when_asked(), name=f"agent-{self.config.vid}-keyset"
-                    )
+                    side = [
+                        tg.create_task(
+                            self._renew_periodically(store), name=f"agent-{vid}-renewal"
+                        ),
+                        tg.create_task(self._refresh_keys_when_asked(), name=f"agent-{vid}-keyset"),
+                        tg.create_task(
+                            self._save_floor_periodically(store), name=f"agent-{vid}-time"
+                        ),
+                    ]
                     await self._stay_connected(store)
-                    renewing.cancel()
-                    refreshing.cancel()
+                    for task in side:
+                        task.cancel()
+                await self._save_floor(store)
             finally:
                 self._store = None
 
@@ -289,6 +322,7 @@ class Agent:
             return
         outcome = inbox.read(self.config.vid, self.trusted_keys(), record.topic, record.envelope)
         if isinstance(outcome, inbox.Verified) and isinstance(outcome.body, PolicyState):
+            self._trusted.raise_floor(outcome.body.issued_at)  # issued long ago: a floor only
             await self._hold(outcome.body)
             log.info("%s: stored policy state v%d verified", self.config.vid, outcome.body.version)
         else:
@@ -386,6 +420,9 @@ class Agent:
         seq = await store.next_seq()
         topic = topics.up(self.config.vid, "status")
         body = messages.encode(StatusRequest(vid=self.config.vid, seq=seq))
+        self._sent[seq] = self._clock.monotonic()
+        while len(self._sent) > SENT_KEPT:
+            del self._sent[min(self._sent)]
         await link.publish(topic, self._signer.seal(topic, body))
         log.debug("%s: status.request seq %d sent", self.config.vid, seq)
         return seq
@@ -428,6 +465,7 @@ class Agent:
                 self._count_drop("rollback", "older than the stored record", received.topic)
                 return
             self.counters["accepted"] += 1
+            await self._note_time(decision.state, store)
             await self._hold(decision.state)
             log.info(
                 "%s: policy state v%d seq %d accepted (%s)",
@@ -436,6 +474,40 @@ class Agent:
                 body.seq,
                 body.status,
             )
+
+    async def _note_time(self, state: PolicyState, store: Store) -> None:
+        """Anchor trusted time on a reply to this run's request; else raise the floor only."""
+        received = self._clock.monotonic()
+        sent = None if state.reply_to is None else self._sent.get(state.reply_to)
+        if sent is None:
+            self._trusted.raise_floor(state.issued_at)
+            self.time_events["floor"] += 1
+        elif self._trusted.anchor(state.issued_at, sent, received):
+            self.time_events["anchored"] += 1
+        else:
+            self.time_events["refused"] += 1
+            log.warning(
+                "%s: issued_at %s is below the trusted-time floor %s; time not moved back",
+                self.config.vid,
+                state.issued_at.isoformat(),
+                self._trusted.floor,
+            )
+        await self._save_floor(store)
+
+    async def _save_floor(self, store: Store) -> None:
+        """Persist the trusted-time floor as of now; a failure is logged, never fatal."""
+        floor = self._trusted.settle(self._clock.monotonic())
+        if floor is None:
+            return
+        try:
+            await store.raise_trusted_floor(floor)
+        except StoreError as exc:
+            log.warning("%s: cannot persist the trusted-time floor: %s", self.config.vid, exc)
+
+    async def _save_floor_periodically(self, store: Store) -> None:
+        while True:
+            await asyncio.sleep(self.config.trusted_floor_save_s)
+            await self._save_floor(store)
 
     async def _hold(self, state: PolicyState) -> None:
         self._state = state

@@ -1,4 +1,5 @@
-"""The agent's local SQLite store (WAL): outgoing seq, latest accepted policy state, last error.
+"""The agent's local SQLite store (WAL): outgoing seq, latest accepted policy state, last
+error, and the trusted-time floor (which SQL itself keeps from ever decreasing).
 
 The only module that imports aiosqlite. Every write commits before its call returns,
 with ``synchronous=FULL``, so a seq handed out is never handed out again after a
@@ -7,7 +8,7 @@ crash or a power cut.
 
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
@@ -45,7 +46,24 @@ CREATE TABLE IF NOT EXISTS last_error (
     message TEXT NOT NULL,
     received_at TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS trusted_time (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    floor_us INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS trusted_time_never_back BEFORE UPDATE ON trusted_time
+WHEN NEW.floor_us < OLD.floor_us
+BEGIN SELECT RAISE(ABORT, 'the trusted-time floor never decreases'); END;
+CREATE TRIGGER IF NOT EXISTS trusted_time_kept BEFORE DELETE ON trusted_time
+BEGIN SELECT RAISE(ABORT, 'the trusted-time floor is never removed'); END;
 """
+# The table is additive (an older agent ignores it), so the schema version stays 1.
+_RAISE_FLOOR: Final = """
+INSERT INTO trusted_time (id, floor_us) VALUES (1, ?)
+ON CONFLICT (id) DO UPDATE SET floor_us = excluded.floor_us
+WHERE excluded.floor_us > trusted_time.floor_us
+"""
+_EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_US: Final = timedelta(microseconds=1)
 # The store holds its own floor too: an older state never overwrites a newer one.
 _SAVE_POLICY: Final = """
 INSERT INTO policy_state
@@ -260,6 +278,23 @@ class Store:
             str(message),
             datetime.fromisoformat(received),
         )
+
+    async def raise_trusted_floor(self, at: datetime) -> bool:
+        """Persist ``at`` as the trusted-time floor; False (unchanged) unless it is higher."""
+        if at.tzinfo is None:
+            raise ValueError("a naive datetime has no meaning here; pass an aware one")
+        return await self._write(_RAISE_FLOOR, ((at - _EPOCH) // _US,)) == 1
+
+    async def trusted_floor(self) -> datetime | None:
+        """The persisted trusted-time floor (UTC), or None when none was ever stored."""
+        try:
+            async with self._conn().execute(
+                "SELECT floor_us FROM trusted_time WHERE id = 1"
+            ) as cur:
+                row = await cur.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+        return None if row is None else _EPOCH + int(row[0]) * _US
 
     async def integrity_check(self) -> str:
         """SQLite's verdict on the file: ``"ok"`` when sound."""

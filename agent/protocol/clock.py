@@ -17,13 +17,20 @@ class Clock(Protocol):
         ...
 
 
+# CLOCK_MONOTONIC stops while the machine is suspended; trusted time would then run
+# slow after a wake-up. CLOCK_BOOTTIME keeps counting through suspend (Linux).
+_BOOTTIME = getattr(time, "CLOCK_BOOTTIME", None)
+
+
 class SystemClock:
-    """The real clocks."""
+    """The real clocks; ``monotonic`` counts through suspend where the OS allows."""
 
     def now(self) -> datetime:
         return datetime.now(UTC)
 
     def monotonic(self) -> float:
+        if _BOOTTIME is not None:
+            return time.clock_gettime(_BOOTTIME)
         return time.monotonic()
 
 

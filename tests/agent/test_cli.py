@@ -5,6 +5,7 @@ import base64
 import json
 import sqlite3
 from contextlib import closing
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -65,13 +66,16 @@ def status(db: Path, key: Path, *extra: str) -> int:
 def test_verified_state_is_shown(db: Path, cloud_pub: Path, capsys: Any) -> None:
     assert status(db, cloud_pub) == 0
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0] == "status: active"
+    # The head unit's status is judged from the dates in trusted time; the cloud's beside it.
+    assert lines[0] == "status: covered"
+    assert "record status: active" in lines
     assert "insurer: PICC P&C (PICC)" in lines
     assert "policy no: PDZA****1234" in lines
     assert "coverage: 2024-12-01 to 2025-11-30 24:00 China time" in lines
     assert "days left: 182" in lines
     assert "version: 2" in lines
     assert "fresh until: 2025-06-08T04:00:00+00:00" in lines
+    assert "trusted time: given, 2025-06-01T12:00:00+08:00 (±0.0 s)" in lines
 
 
 def test_json(db: Path, cloud_pub: Path, capsys: Any) -> None:
@@ -79,10 +83,16 @@ def test_json(db: Path, cloud_pub: Path, capsys: Any) -> None:
     shown = json.loads(capsys.readouterr().out)
     assert shown["verified"] is True
     assert (shown["status"], shown["days_left"], shown["coverage_end"]) == (
-        "active",
+        "covered",
         182,
         "2025-11-30",
     )
+    assert shown["record_status"] == "active"
+    assert shown["trusted_time"] == {
+        "confidence": "given",
+        "earliest": "2025-06-01T12:00:00+08:00",
+        "latest": "2025-06-01T12:00:00+08:00",
+    }
 
 
 def tamper(db: Path) -> None:
@@ -114,6 +124,11 @@ def test_record_signed_by_another_key_is_unverified(db: Path, tmp_path: Path, ca
     assert json.loads(capsys.readouterr().out) == {
         "verified": False,
         "reason": f"stored record does not verify: unknown_key: unknown kid {kid!r}",
+        "trusted_time": {
+            "confidence": "given",
+            "earliest": "2025-06-01T12:00:00+08:00",
+            "latest": "2025-06-01T12:00:00+08:00",
+        },
     }
 
 
@@ -160,6 +175,45 @@ def test_empty_store_is_unverified(tmp_path: Path, cloud_pub: Path, capsys: Any)
     asyncio.run(create())
     assert status(empty, cloud_pub) == 1
     assert "no policy state is stored" in capsys.readouterr().out
+
+
+def raise_floor(db: Path, at: str) -> None:
+    async def write() -> None:
+        async with asyncio.timeout(5), Store(db) as store:
+            await store.raise_trusted_floor(datetime.fromisoformat(at))
+
+    asyncio.run(write())
+
+
+def test_without_now_only_the_carried_floor_is_known(
+    db: Path, cloud_pub: Path, capsys: Any
+) -> None:
+    # No --now: this process has no anchor, only the floor (here the record's issued_at).
+    assert main(["status", "--db", str(db), "--cloud-key", str(cloud_pub)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "status unverified"
+    assert "carried from an earlier boot" in lines[1]
+    assert lines[2] == "trusted time: carried, at least 2025-06-01T04:00:00+00:00"
+
+
+def test_carried_floor_past_fresh_until_says_so(db: Path, cloud_pub: Path, capsys: Any) -> None:
+    raise_floor(db, "2025-06-09T00:00:00+00:00")
+    assert main(["status", "--db", str(db), "--cloud-key", str(cloud_pub), "--json"]) == 1
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["reason"].startswith("record is past fresh_until")
+    assert shown["trusted_time"] == {
+        "confidence": "carried",
+        "earliest": "2025-06-09T00:00:00+00:00",
+        "latest": None,
+    }
+
+
+def test_no_store_no_time(tmp_path: Path, cloud_pub: Path, capsys: Any) -> None:
+    missing = tmp_path / "none.db"
+    assert main(["status", "--db", str(missing), "--cloud-key", str(cloud_pub)]) == 1
+    assert capsys.readouterr().out.splitlines()[2] == (
+        "trusted time: none (no cloud-signed time yet)"
+    )
 
 
 @pytest.mark.parametrize(

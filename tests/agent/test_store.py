@@ -117,3 +117,37 @@ async def test_unusable_path_is_a_store_error(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("")
     with pytest.raises(StoreError):
         await Store(tmp_path / "file" / "agent.db").open()
+
+
+async def test_trusted_floor_only_rises_and_survives_reopen(tmp_path: Path) -> None:
+    db = tmp_path / "agent.db"
+    later = datetime(2025, 6, 1, 12, 0, 0, 123456, tzinfo=UTC)
+    async with Store(db) as store:
+        assert await store.trusted_floor() is None
+        assert await store.raise_trusted_floor(AT)
+        assert await store.raise_trusted_floor(later)
+        assert not await store.raise_trusted_floor(later)
+        assert not await store.raise_trusted_floor(datetime(1970, 1, 1, tzinfo=UTC))
+    async with Store(db) as store:
+        assert await store.trusted_floor() == later
+
+
+@pytest.mark.parametrize(
+    "sql",
+    ["UPDATE trusted_time SET floor_us = floor_us - 1", "DELETE FROM trusted_time"],
+    ids=["lower", "delete"],
+)
+async def test_sql_itself_refuses_to_lower_the_floor(tmp_path: Path, sql: str) -> None:
+    db = tmp_path / "agent.db"
+    async with Store(db) as store:
+        await store.raise_trusted_floor(AT)
+    with closing(sqlite3.connect(db)) as conn, pytest.raises(sqlite3.IntegrityError):
+        conn.execute(sql)
+    async with Store(db) as store:
+        assert await store.trusted_floor() == AT
+
+
+async def test_naive_floor_is_refused(tmp_path: Path) -> None:
+    async with Store(tmp_path / "agent.db") as store:
+        with pytest.raises(ValueError):
+            await store.raise_trusted_floor(datetime(2025, 6, 1))

@@ -1,5 +1,6 @@
 """The clock interface: ManualClock moves only when told; SystemClock is real."""
 
+import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -72,3 +73,11 @@ def test_system_clock_is_aware_utc_and_monotonic_never_goes_back() -> None:
     readings = [clock.monotonic() for _ in range(1000)]
     assert readings == sorted(readings)
     assert readings[0] >= mono
+
+
+def test_system_monotonic_counts_through_suspend_on_linux() -> None:
+    """CLOCK_BOOTTIME, not CLOCK_MONOTONIC: the two differ by the time spent suspended."""
+    before = time.clock_gettime(time.CLOCK_BOOTTIME)
+    got = SystemClock().monotonic()
+    after = time.clock_gettime(time.CLOCK_BOOTTIME)
+    assert before <= got <= after
