@@ -53,7 +53,8 @@ class AgentConfig(BaseModel):
     status_interval_s: Annotated[float, Field(gt=0)] = 3600.0
     reply_timeout_s: Annotated[float, Field(gt=0)] = 10.0
     """How long to wait for the answer to a status request before asking again."""
-    keepalive_s: Annotated[int, Field(ge=5, le=300)] = 60
+    keepalive_s: Annotated[int, Field(ge=5, le=300)] = 30
+    """MQTT keep-alive: paho drops a link silent for 1.5 times this (45 s by default)."""
     session_expiry_s: Annotated[int, Field(ge=0, le=2**32 - 1)] = 30 * 86400
     reconnect_min_s: Annotated[float, Field(gt=0)] = 1.0
     reconnect_max_s: Annotated[float, Field(gt=0)] = 300.0

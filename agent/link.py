@@ -28,6 +28,25 @@ QOS: Final = 1
 ONLINE: Final = b"online"
 OFFLINE: Final = b"offline"
 _NODELAY: Final = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+TCP_KEEPIDLE_S: Final = 20
+TCP_KEEPINTVL_S: Final = 10
+TCP_KEEPCNT: Final = 3
+"""TCP keep-alive: a peer silent for 20 s is probed every 10 s; 3 misses drop it (50 s)."""
+
+
+def _keepalive_options() -> list[tuple[int, int, int]]:
+    """SO_KEEPALIVE plus the probe timing where this platform has the options."""
+    options = [(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)]
+    for name, value in (
+        ("TCP_KEEPIDLE", TCP_KEEPIDLE_S),
+        ("TCP_KEEPINTVL", TCP_KEEPINTVL_S),
+        ("TCP_KEEPCNT", TCP_KEEPCNT),
+    ):
+        if hasattr(socket, name):
+            options.append((socket.IPPROTO_TCP, getattr(socket, name), value))
+    return options
+
+
 log = logging.getLogger(__name__)
 
 
@@ -69,7 +88,9 @@ def _client(config: AgentConfig, tls: ssl.SSLContext) -> aiomqtt.Client:
         timeout=math.inf,
         tls_context=tls,
         # paho leaves Nagle on; QoS 1 request/response then waits on delayed ACKs.
-        socket_options=[_NODELAY],
+        # MQTT keep-alive notices a silent broker only when paho's loop runs; TCP
+        # keep-alive also notices a peer gone without a FIN (a tunnel, a dead NAT).
+        socket_options=[_NODELAY, *_keepalive_options()],
     )
 
 
@@ -117,6 +138,17 @@ class Link:
         if not isinstance(sock, socket.socket):
             return False
         return bool(sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+
+    def tcp_keepalive(self) -> dict[str, int]:
+        """The connection's TCP keep-alive settings by option name (empty without a socket)."""
+        sock = self._client._client.socket()
+        if not isinstance(sock, socket.socket):
+            return {}
+        found = {"SO_KEEPALIVE": sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE)}
+        for name in ("TCP_KEEPIDLE", "TCP_KEEPINTVL", "TCP_KEEPCNT"):
+            if hasattr(socket, name):
+                found[name] = sock.getsockopt(socket.IPPROTO_TCP, getattr(socket, name))
+        return found
 
 
 @asynccontextmanager

@@ -1,6 +1,6 @@
 """The agent's asyncio shell: link, store and timers around the pure inbox and policy rules.
 
-``Agent.run`` holds one MQTT session at a time and reconnects with capped, jittered
+``Agent.run`` holds one MQTT session at a time and reconnects with capped, full-jitter
 exponential backoff when it drops. Incoming messages are verified (inbox), judged
 (policy) and stored; nothing that fails on the way changes stored state or stops the agent.
 Beside the session, it checks at start and every ``renewal_check_s`` whether the
@@ -255,7 +255,8 @@ class Agent:
                 failures = 0
                 delay = self.config.renewal_check_s
             else:
-                delay = retry.delay(failures, self._rng.random())
+                # Never sooner than renewal_retry_s: full jitter alone could draw ~0.
+                delay = max(retry.min_s, retry.delay(failures, self._rng.random()))
                 failures += 1
             await asyncio.sleep(delay)
 
@@ -395,7 +396,8 @@ class Agent:
         attempt = 0
         while True:
             seq = await self._send_status(link, store)
-            wait_s = retry.delay(attempt, self._rng.random()) if attempt else retry.min_s
+            # A reply always gets reply_timeout_s; full jitter spreads only the extra wait.
+            wait_s = max(retry.min_s, retry.delay(attempt, self._rng.random()))
             if await self._answered(seq, wait_s):
                 attempt = 0
                 await asyncio.sleep(self.config.status_interval_s)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from agent.errors import NotConnectedError, StateTimeoutError
-from agent.link import open_link, tls_context
+from agent.link import TCP_KEEPCNT, TCP_KEEPIDLE_S, TCP_KEEPINTVL_S, open_link, tls_context
 from agent.protocol import envelope, messages, topics
 from agent.protocol.envelope import Signer
 from agent.protocol.keys import generate_private_key, kid_for, load_public_key
@@ -59,6 +59,24 @@ async def test_link_sets_tcp_nodelay(make_config: Any) -> None:
     config = make_config()
     async with open_link(config, tls_context(config)) as link:
         assert link.tcp_nodelay()
+
+
+async def test_link_sets_tcp_keepalive_so_a_dead_peer_is_noticed_within_a_minute(
+    make_config: Any,
+) -> None:
+    config = make_config()
+    assert config.keepalive_s * 1.5 <= 60  # paho's own deadline for a silent broker
+    async with open_link(config, tls_context(config)) as link:
+        options = link.tcp_keepalive()
+    assert options["SO_KEEPALIVE"] == 1
+    if sys.platform == "linux":
+        assert options == {
+            "SO_KEEPALIVE": 1,
+            "TCP_KEEPIDLE": TCP_KEEPIDLE_S,
+            "TCP_KEEPINTVL": TCP_KEEPINTVL_S,
+            "TCP_KEEPCNT": TCP_KEEPCNT,
+        }
+        assert TCP_KEEPIDLE_S + TCP_KEEPINTVL_S * TCP_KEEPCNT <= 60
 
 
 async def test_signed_state_is_accepted_and_stored(
@@ -206,6 +224,9 @@ async def test_agent_reconnects_after_the_broker_restarts(
     async with run_agent(Agent(make_config())) as agent:
         before = await new_cloud()
         await before.receive(topic)
+        # Gone before the restart: a fake cloud reconnecting under the same client id
+        # as the next one would knock it off.
+        before.close()
         broker.stop()
         await until(lambda: not agent.connected, "noticing the broker is gone")
         broker.start()

@@ -1,0 +1,255 @@
+"""Crash tests against a real Mosquitto: kill -9 the agent process at random points while
+signed states stream in, and restart the broker mid-stream.
+
+The kill loop checks, after every kill, the SQLite file the agent left behind: it passes
+``PRAGMA integrity_check``, its policy state is one complete record that verifies with
+the pinned key and whose version never goes back, and its outgoing seq never goes back;
+the cloud never sees one request seq twice. A kill -9 loses the process, not the page
+cache, so this tests crash consistency; a power cut also relies on ``synchronous=FULL``.
+"""
+
+import asyncio
+import contextlib
+import json
+import random
+import signal
+import sqlite3
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Final
+
+import paho.mqtt.client as mqtt
+
+from agent.config import AgentConfig
+from agent.protocol import envelope, messages, topics
+from agent.protocol.keys import PublicKey, kid_for, load_public_key
+from agent.protocol.messages import PolicyState, StatusRequest
+from agent.runner import Agent
+from cloud.pki import DevPki
+from simulator.broker import Mosquitto
+
+from .conftest import FakeCloud
+
+CYCLES: Final = 200
+SEED: Final = 20250601
+EARLY_SHARE: Final = 0.3
+"""The share of kills during start-up (imports, store open, connect)."""
+EARLY_S: Final = (0.0, 0.25)
+MID_S: Final = (0.25, 0.6)
+"""Kill delays after spawning: start-up takes ~0.3 s here, so MID_S lands mid-stream."""
+PUSH_EVERY_S: Final = 0.005
+
+
+@dataclass
+class StreamingCloud:
+    """Answers every status request with a newer signed state and pushes newer ones unasked."""
+
+    cloud: FakeCloud
+    car_key: PublicKey
+    vid: str
+    make_state: Callable[..., PolicyState]
+    version: int = 0
+    requests: Counter[int] = field(default_factory=Counter)
+    pushing: bool = True
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self) -> "StreamingCloud":
+        """Start answering and pushing in named tasks (stopped by ``stop``)."""
+        self.tasks = [
+            asyncio.create_task(self._answer(), name="cloud-answer"),
+            asyncio.create_task(self._push(), name="cloud-push"),
+        ]
+        return self
+
+    async def stop(self) -> None:
+        """Cancel the tasks and wait for them."""
+        for task in self.tasks:
+            task.cancel()
+        for task in self.tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def publish(self, reply_to: int | None = None) -> mqtt.MQTTMessageInfo:
+        """Publish the next version (QoS 1, not waiting for the PUBACK); paho keeps the order."""
+        self.version += 1
+        state = self.make_state(self.vid, version=self.version, seq=self.version)
+        if reply_to is not None:
+            state = state.model_copy(update={"reply_to": reply_to})
+        payload = self.cloud.seal_state(state)
+        return self.cloud.client.publish(topics.down(self.vid, "policy"), payload, qos=1)
+
+    async def publish_confirmed(self) -> int:
+        """Publish the next version, wait for its PUBACK, and return the version."""
+        info = self.publish()
+        await asyncio.to_thread(info.wait_for_publish, 5.0)
+        assert info.is_published()
+        return self.version
+
+    async def _answer(self) -> None:
+        status = topics.up(self.vid, "status")
+        keys = {kid_for(self.car_key): self.car_key}
+        while True:
+            got, payload, _ = await self.cloud.inbox.get()
+            if got != status:
+                continue
+            request = messages.decode(envelope.open_with(status, payload, keys))
+            assert isinstance(request, StatusRequest)
+            self.requests[request.seq] += 1
+            self.publish(reply_to=request.seq)
+
+    async def _push(self) -> None:
+        while True:
+            await asyncio.sleep(PUSH_EVERY_S)
+            if self.pushing and self.cloud.client.is_connected():
+                self.publish()
+
+
+@dataclass(frozen=True)
+class Left:
+    """What one killed agent left in its SQLite file."""
+
+    integrity: str
+    last_seq: int
+    version: int | None
+
+
+def inspect(db: Path, vid: str, key: PublicKey) -> Left:
+    """Open the file read-only as a crash left it; raise AssertionError on a bad record."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5.0)
+    try:
+        integrity = str(conn.execute("PRAGMA integrity_check").fetchone()[0])
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        last_seq = 0
+        if "seq_counter" in tables:
+            row = conn.execute("SELECT last_seq FROM seq_counter WHERE id = 1").fetchone()
+            last_seq = 0 if row is None else int(row[0])
+        record = None
+        if "policy_state" in tables:
+            record = conn.execute(
+                "SELECT topic, envelope, version, seq FROM policy_state WHERE id = 1"
+            ).fetchone()
+    finally:
+        conn.close()
+    if record is None:
+        return Left(integrity, last_seq, None)
+    topic, env, version, seq = record
+    assert topic == topics.down(vid, "policy")
+    state = messages.decode(envelope.open_with(topic, bytes(env), {kid_for(key): key}))
+    assert isinstance(state, PolicyState)
+    assert (state.vid, state.version, state.seq) == (vid, version, seq)
+    return Left(integrity, last_seq, int(version))
+
+
+def write_toml(config: AgentConfig, path: Path) -> Path:
+    """The config as the TOML file ``ctpl-agent run --config`` reads."""
+    path.write_text(
+        "\n".join(
+            f"{name} = {json.dumps([str(p) for p in value] if name == 'cloud_keys' else value)}"
+            for name, value in config.model_dump(mode="json", exclude_none=True).items()
+        )
+    )
+    return path
+
+
+async def test_kill_9_at_random_points_never_corrupts_or_goes_back(
+    pki: DevPki,
+    vid: str,
+    make_config: Any,
+    make_state: Any,
+    cloud: FakeCloud,
+    tmp_path: Path,
+) -> None:
+    config = make_config()
+    toml = write_toml(config, tmp_path / "agent.toml")
+    car_key = load_public_key((pki.car_dir(vid) / "car.crt").read_bytes())
+    cloud_key = load_public_key(pki.signing_pub.read_bytes())
+    streaming = StreamingCloud(cloud, car_key, vid, make_state).start()
+    rng = random.Random(SEED)
+    tally: Counter[str] = Counter()
+    version, last_seq = 0, 0
+    started = time.monotonic()
+    try:
+        with (tmp_path / "agent.log").open("ab") as log:
+            for cycle in range(CYCLES):
+                early = rng.random() < EARLY_SHARE
+                delay = rng.uniform(*(EARLY_S if early else MID_S))
+                proc = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "agent", "run", "--config", str(toml),
+                    "--log-level", "WARNING", stdout=asyncio.subprocess.DEVNULL, stderr=log,
+                )  # fmt: skip
+                await asyncio.sleep(delay)
+                proc.send_signal(signal.SIGKILL)
+                async with asyncio.timeout(10):
+                    code = await proc.wait()
+                # Killed, or it died by itself (and its log says why).
+                assert code == -signal.SIGKILL, f"cycle {cycle}: agent exited with {code}"
+                if not config.db_path.exists():
+                    tally["no_db"] += 1
+                    continue
+                left = inspect(config.db_path, vid, cloud_key)
+                tally["integrity_ok" if left.integrity == "ok" else "integrity_failed"] += 1
+                tally["seq_regressed"] += left.last_seq < last_seq
+                if left.version is not None:
+                    tally["version_regressed"] += left.version < version
+                    tally["new_state"] += left.version > version
+                    version = max(version, left.version)
+                tally["seq_advanced"] += left.last_seq > last_seq
+                last_seq = max(last_seq, left.last_seq)
+    finally:
+        await streaming.stop()
+    elapsed = time.monotonic() - started
+    duplicates = sum(n - 1 for n in streaming.requests.values())
+    unrecorded = [s for s in streaming.requests if s > last_seq]
+    print(
+        f"\ncrash loop: {CYCLES} kill -9 cycles in {elapsed:.1f} s; {dict(tally)}; "
+        f"requests seen {len(streaming.requests)}, duplicate seqs {duplicates}, "
+        f"stored version {version} of {streaming.version} published, last seq {last_seq}"
+    )
+    assert tally["integrity_failed"] == 0
+    assert tally["seq_regressed"] == 0
+    assert tally["version_regressed"] == 0
+    assert duplicates == 0
+    # A seq reaches the cloud only after it was committed.
+    assert unrecorded == []
+    # The schedule really hit both start-up and the stream.
+    assert tally["no_db"] + tally["integrity_ok"] == CYCLES
+    assert tally["new_state"] >= CYCLES // 4
+    assert tally["seq_advanced"] >= CYCLES // 4
+
+
+async def test_broker_restart_mid_stream_loses_nothing(
+    pki: DevPki,
+    vid: str,
+    broker: Mosquitto,
+    make_config: Any,
+    make_state: Any,
+    cloud: FakeCloud,
+    run_agent: Any,
+    until: Any,
+) -> None:
+    car_key = load_public_key((pki.car_dir(vid) / "car.crt").read_bytes())
+    streaming = StreamingCloud(cloud, car_key, vid, make_state).start()
+    config = make_config()
+    try:
+        async with run_agent(Agent(config)) as agent:
+            await until(lambda: agent.state is not None and agent.state.version >= 20, "states")
+            broker.stop()  # the pusher is still publishing: some are in flight
+            await until(lambda: not agent.connected, "noticing the broker is gone")
+            broker.start()
+            before = agent.counters["accepted"]
+            await until(lambda: agent.connected, "reconnecting")
+            await until(lambda: agent.counters["accepted"] >= before + 20, "states after restart")
+            streaming.pushing = False
+            newest = await streaming.publish_confirmed()
+            await until(lambda: agent.state is not None and agent.state.version >= newest, "newest")
+            assert agent.state is not None and agent.state.version == streaming.version
+    finally:
+        await streaming.stop()
+    assert agent.link_failures["dropped"] >= 1
+    assert agent.counters.keys() <= {"accepted", "duplicate"}
+    left = inspect(config.db_path, vid, load_public_key(pki.signing_pub.read_bytes()))
+    assert (left.integrity, left.version) == ("ok", streaming.version)
