@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Final
 
 from . import display, inbox, provisioning
+from .boot import current_boot_id
 from .config import load_config
 from .errors import AgentError, ConfigError, EnrollmentError, StoreError
 from .keyring import load_pinned_keys, load_trusted_keys
@@ -27,7 +28,7 @@ from .protocol.keys import PublicKey
 from .protocol.messages import PolicyState
 from .runner import Agent
 from .store import PolicyRecord, Store
-from .trusted_time import TrustedClock, TrustedNow
+from .trusted_time import Anchor, TrustedClock, TrustedNow
 
 EXIT_OK: Final = 0
 EXIT_UNVERIFIED: Final = 1
@@ -78,10 +79,11 @@ def _parser() -> argparse.ArgumentParser:
         "status",
         help="show the stored policy state, only if it verifies with a pinned cloud key",
         description="Re-verify the stored record's signature, then judge it in trusted time; "
-        "print 'status unverified' (exit 1) if nothing verified and fresh is stored. This "
-        "process knows only the persisted trusted-time floor (confidence 'carried'), which "
-        "never proves a record fresh: without --now it shows 'status unverified' with the "
-        "floor; the running agent shows the claims. "
+        "print 'status unverified' (exit 1) if nothing verified and fresh is stored. "
+        "Trusted time comes from the agent's last anchor (a cloud-signed issued_at and the "
+        "boot-time clock) when it was saved in this same boot; after a reboot only the "
+        "persisted floor is left (confidence 'carried'), which never proves a record "
+        "fresh, so it says 'status unverified' until the agent hears from the cloud. "
         "Give --config (store, vid and pinned keys, key set included), or --db and --cloud-key.",
     )
     status.add_argument("--config", type=Path, help="the agent's config file")
@@ -139,12 +141,13 @@ def _add_enroll(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
 
 async def _stored(
     db: Path, keys: dict[str, PublicKey], vid: str | None
-) -> tuple[PolicyState | str, datetime | None]:
-    """The stored state (or why none can be shown) and the persisted trusted-time floor."""
+) -> tuple[PolicyState | str, datetime | None, tuple[str, Anchor] | None]:
+    """The stored state (or why none can be shown), the trusted-time floor and anchor."""
     async with asyncio.timeout(STORE_TIMEOUT_S), Store(db) as store:
         record = await store.policy()
         floor = await store.trusted_floor()
-    return _stored_state(record, keys, vid), floor
+        anchor = await store.anchor()
+    return _stored_state(record, keys, vid), floor, anchor
 
 
 def _stored_state(
@@ -167,15 +170,28 @@ def _stored_state(
 
 
 def _trusted(
-    given: datetime | None, floor: datetime | None, found: PolicyState | str
+    given: datetime | None,
+    floor: datetime | None,
+    found: PolicyState | str,
+    anchor: tuple[str, Anchor] | None = None,
+    boot_id: str | None = None,
+    mono: float = 0.0,
 ) -> TrustedNow | None:
-    """``--now`` as given; else only the persisted floor (this process holds no anchor)."""
+    """``--now`` as given; else the agent's anchor if saved in this very boot; else the floor.
+
+    Monotonic readings compare only within one boot, so an anchor saved under another
+    boot id is ignored and only the floor (confidence "carried") is left.
+    """
     if given is not None:
         return TrustedNow.given(given)
-    clock = TrustedClock(floor)
-    if isinstance(found, PolicyState):
-        clock.raise_floor(found.issued_at)
-    return clock.now(0.0)
+    clock = TrustedClock()
+    if anchor is not None and boot_id is not None and anchor[0] == boot_id:
+        held = anchor[1]
+        clock.anchor(held.issued_at, held.sent, held.received)
+    for at in (floor, found.issued_at if isinstance(found, PolicyState) else None):
+        if at is not None:
+            clock.raise_floor(at)
+    return clock.now(mono)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -189,15 +205,15 @@ def _status(args: argparse.Namespace) -> int:
         keys = load_trusted_keys(pinned, config.keyset_file, config.root_key, now)
         args.db = args.db or config.db_path
         args.vid = args.vid or config.vid
-    floor = None
+    floor, anchor = None, None
     if not args.db.is_file():
         found: PolicyState | str = f"no store at {args.db}"
     else:
         try:
-            found, floor = asyncio.run(_stored(args.db, keys, args.vid))
+            found, floor, anchor = asyncio.run(_stored(args.db, keys, args.vid))
         except (StoreError, TimeoutError) as exc:
             found = f"store unreadable: {exc or 'timed out'}"
-    trusted = _trusted(args.now, floor, found)
+    trusted = _trusted(args.now, floor, found, anchor, current_boot_id(), SystemClock().monotonic())
     if isinstance(found, str):
         shown = display.view(None, trusted, missing=found)
     else:

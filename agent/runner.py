@@ -30,6 +30,7 @@ from typing import Final
 
 from . import display, identity, inbox, keyring, keyset, provisioning
 from .backoff import Backoff
+from .boot import current_boot_id
 from .config import AgentConfig
 from .errors import (
     AgentError,
@@ -486,6 +487,7 @@ class Agent:
             self.time_events["floor"] += 1
         elif self._trusted.anchor(state.issued_at, sent, received):
             self.time_events["anchored"] += 1
+            await self._save_anchor(store)
         else:
             self.time_events["refused"] += 1
             log.warning(
@@ -495,6 +497,16 @@ class Agent:
                 self._trusted.floor,
             )
         await self._save_floor(store)
+
+    async def _save_anchor(self, store: Store) -> None:
+        """Persist the anchor with this boot's id; a failure is logged, never fatal."""
+        anchor, boot = self._trusted.last_anchor, current_boot_id()
+        if anchor is None or boot is None:
+            return
+        try:
+            await store.save_anchor(boot, anchor)
+        except StoreError as exc:
+            log.warning("%s: cannot persist the trusted-time anchor: %s", self.config.vid, exc)
 
     async def _save_floor(self, store: Store) -> None:
         """Persist the trusted-time floor as of now; a failure is logged, never fatal."""

@@ -17,6 +17,7 @@ import aiosqlite
 
 from .errors import StoreError
 from .protocol.messages import ErrorReply, PolicyState
+from .trusted_time import Anchor
 
 SCHEMA_VERSION: Final = 1
 _SCHEMA: Final = """
@@ -55,6 +56,13 @@ WHEN NEW.floor_us < OLD.floor_us
 BEGIN SELECT RAISE(ABORT, 'the trusted-time floor never decreases'); END;
 CREATE TRIGGER IF NOT EXISTS trusted_time_kept BEFORE DELETE ON trusted_time
 BEGIN SELECT RAISE(ABORT, 'the trusted-time floor is never removed'); END;
+CREATE TABLE IF NOT EXISTS trusted_anchor (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    boot_id TEXT NOT NULL,
+    issued_at_us INTEGER NOT NULL,
+    sent REAL NOT NULL,
+    received REAL NOT NULL
+);
 """
 # The table is additive (an older agent ignores it), so the schema version stays 1.
 _RAISE_FLOOR: Final = """
@@ -295,6 +303,27 @@ class Store:
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
         return None if row is None else _EPOCH + int(row[0]) * _US
+
+    async def save_anchor(self, boot_id: str, anchor: Anchor) -> None:
+        """Keep this boot's trusted-time anchor, so another process of the same boot can use it."""
+        await self._write(
+            "INSERT OR REPLACE INTO trusted_anchor VALUES (1, ?, ?, ?, ?)",
+            (boot_id, (anchor.issued_at - _EPOCH) // _US, anchor.sent, anchor.received),
+        )
+
+    async def anchor(self) -> tuple[str, Anchor] | None:
+        """The last saved anchor and the boot it belongs to, or None."""
+        try:
+            async with self._conn().execute(
+                "SELECT boot_id, issued_at_us, sent, received FROM trusted_anchor WHERE id = 1"
+            ) as cur:
+                row = await cur.fetchone()
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
+        if row is None:
+            return None
+        boot, issued, sent, received = row
+        return str(boot), Anchor(_EPOCH + int(issued) * _US, float(sent), float(received))
 
     async def integrity_check(self) -> str:
         """SQLite's verdict on the file: ``"ok"`` when sound."""

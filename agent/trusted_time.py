@@ -125,6 +125,11 @@ class TrustedClock:
         self.raise_floor(issued_at)
         return True
 
+    @property
+    def last_anchor(self) -> Anchor | None:
+        """The anchor in use, if any (to persist for another process of the same boot)."""
+        return self._anchor
+
     def floor_at(self, mono: float) -> datetime | None:
         """The greatest lower bound of real time at monotonic ``mono``; never below ``floor``."""
         now = self.now(mono)
