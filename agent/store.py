@@ -170,15 +170,20 @@ class Store:
             raise StoreError(f"{self.path}: store is not open")
         return self._db
 
-    async def _one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
+    async def _optional(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        """The first row of ``sql``, or None."""
         try:
             async with self._conn().execute(sql, params) as cur:
                 row = await cur.fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
+        return None if row is None else tuple(row)
+
+    async def _one(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
+        row = await self._optional(sql, params)
         if row is None:
             raise StoreError(f"{self.path}: no row for {sql.split()[0]}")
-        return tuple(row)
+        return row
 
     async def _write(self, sql: str, params: tuple[Any, ...]) -> int:
         db = self._conn()
@@ -223,14 +228,10 @@ class Store:
 
     async def policy(self) -> PolicyRecord | None:
         """The stored policy state, or None."""
-        try:
-            async with self._conn().execute(
-                "SELECT topic, envelope, version, seq, status, issued_at, fresh_until, stored_at"
-                " FROM policy_state WHERE id = 1"
-            ) as cur:
-                row = await cur.fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
+        row = await self._optional(
+            "SELECT topic, envelope, version, seq, status, issued_at, fresh_until, stored_at"
+            " FROM policy_state WHERE id = 1"
+        )
         if row is None:
             return None
         topic, env, version, seq, status, issued, fresh, stored = row
@@ -266,14 +267,10 @@ class Store:
 
     async def last_error(self) -> ErrorRecord | None:
         """The last error reply received, or None."""
-        try:
-            async with self._conn().execute(
-                "SELECT topic, envelope, seq, reply_to, code, message, received_at"
-                " FROM last_error WHERE id = 1"
-            ) as cur:
-                row = await cur.fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
+        row = await self._optional(
+            "SELECT topic, envelope, seq, reply_to, code, message, received_at"
+            " FROM last_error WHERE id = 1"
+        )
         if row is None:
             return None
         topic, env, seq, reply_to, code, message, received = row
@@ -295,13 +292,7 @@ class Store:
 
     async def trusted_floor(self) -> datetime | None:
         """The persisted trusted-time floor (UTC), or None when none was ever stored."""
-        try:
-            async with self._conn().execute(
-                "SELECT floor_us FROM trusted_time WHERE id = 1"
-            ) as cur:
-                row = await cur.fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
+        row = await self._optional("SELECT floor_us FROM trusted_time WHERE id = 1")
         return None if row is None else _EPOCH + int(row[0]) * _US
 
     async def save_anchor(self, boot_id: str, anchor: Anchor) -> None:
@@ -313,13 +304,9 @@ class Store:
 
     async def anchor(self) -> tuple[str, Anchor] | None:
         """The last saved anchor and the boot it belongs to, or None."""
-        try:
-            async with self._conn().execute(
-                "SELECT boot_id, issued_at_us, sent, received FROM trusted_anchor WHERE id = 1"
-            ) as cur:
-                row = await cur.fetchone()
-        except sqlite3.Error as exc:
-            raise StoreError(f"{self.path}: {exc}") from exc
+        row = await self._optional(
+            "SELECT boot_id, issued_at_us, sent, received FROM trusted_anchor WHERE id = 1"
+        )
         if row is None:
             return None
         boot, issued, sent, received = row

@@ -39,6 +39,8 @@ from agent.runner import Agent
 from cloud.pki import CertificateAuthority, cert_pem, new_ca
 from tests.agent.fake_api import FakeCloudApi, Served, keyset_envelope, serve_https
 
+from .faults import Fault, fail_at
+
 CLAIM = "cl_test-claim-token"
 VIN = "LSGCAR00000000001"
 
@@ -309,28 +311,6 @@ def test_enroll_request_sends_optional_fields_only_when_given() -> None:
 
 FILES = {"car.crt": b"CERT", "ca.crt": b"CA", "keyset.json": b"KEYSET", "agent.toml": b"vid = 1\n"}
 COMPLETE = {"car.key", *FILES}
-
-
-class Fault(Exception):
-    """The injected failure."""
-
-
-def fail_at(monkeypatch: pytest.MonkeyPatch, step: int) -> list[str]:
-    """Make the ``step``-th file-system call (open, fsync, rename, replace) raise; record all."""
-    seen: list[str] = []
-
-    def wrap(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            seen.append(name)
-            if len(seen) == step:
-                raise Fault(f"injected at {name} #{step}")
-            return real(*args, **kwargs)
-
-        return call
-
-    for name in ("open", "fsync", "rename", "replace"):
-        monkeypatch.setattr(os, name, wrap(name, getattr(os, name)))
-    return seen
 
 
 def _names(path: Path) -> set[str]:

@@ -11,7 +11,7 @@ import os
 import stat
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,6 +39,8 @@ from cloud.pki import CertificateAuthority, DevPki, cert_pem
 from simulator.broker import Mosquitto
 from tests.agent.conftest import WAIT_S, FakeCloud, eventually, running
 from tests.agent.fake_api import FakeCloudApi, Served, keyset_envelope, serve_https
+
+from . import faults
 
 T0 = datetime(2025, 1, 1, tzinfo=UTC)
 DAY = timedelta(days=1)
@@ -176,26 +178,9 @@ def test_recover_finishes_a_matching_pair_and_discards_the_rest(
     assert not identity.pending(pair.cert_file).exists()
 
 
-class Fault(Exception):
-    """The injected failure."""
-
-
 def fail_at(monkeypatch: pytest.MonkeyPatch, step: int) -> list[str]:
     """Make the ``step``-th os.open/fsync/replace raise; record them all."""
-    seen: list[str] = []
-
-    def wrap(name: str, real: Callable[..., Any]) -> Callable[..., Any]:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            seen.append(name)
-            if len(seen) == step:
-                raise Fault(f"injected at {name} #{step}")
-            return real(*args, **kwargs)
-
-        return call
-
-    for name in ("open", "fsync", "replace"):
-        monkeypatch.setattr(os, name, wrap(name, getattr(os, name)))
-    return seen
+    return faults.fail_at(monkeypatch, step, ("open", "fsync", "replace"))
 
 
 def test_a_failure_at_any_step_of_the_swap_leaves_a_whole_pair(tmp_path: Path) -> None:
@@ -209,7 +194,7 @@ def test_a_failure_at_any_step_of_the_swap_leaves_a_whole_pair(tmp_path: Path) -
         each = make_pair(tmp_path / f"step-{step}")
         with pytest.MonkeyPatch.context() as patch:
             fail_at(patch, step)
-            with pytest.raises(Fault):
+            with pytest.raises(faults.Fault):
                 identity.swap_key_and_cert(each.key_file, each.cert_file, each.new, each.new_cert)
         identity.recover(each.key_file, each.cert_file)  # what the next start does
         assert each.held() in ("old", "new"), f"step {step}"
