@@ -43,6 +43,13 @@ class NotConnectedError(LinkError):
         super().__init__(message, reason="not_connected")
 
 
+class NotRunningError(AgentError):
+    """An operation needed the running agent (its open store) while it is not running."""
+
+    def __init__(self, message: str = "the agent is not running") -> None:
+        super().__init__(message)
+
+
 class StateTimeoutError(AgentError, TimeoutError):
     """No verified policy state arrived within ``timeout_s``."""
 

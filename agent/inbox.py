@@ -11,11 +11,13 @@ from .protocol import envelope, messages, topics
 from .protocol.errors import ProtocolError
 from .protocol.keys import PublicKey
 
-CloudBody = messages.PolicyState | messages.ErrorReply
-KIND_OF_TYPE: Final[dict[type[CloudBody], str]] = {
-    messages.PolicyState: "policy",
-    messages.ErrorReply: "error",
+CloudBody = messages.PolicyState | messages.ErrorReply | messages.IntentReceipt
+KIND_OF_TYPE: Final[dict[str, str]] = {
+    "policy.state": "policy",
+    "error": "error",
+    "intent.receipt": "receipt",
 }
+"""The one down topic kind each cloud body type may arrive on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +53,8 @@ def read(vid: str, keys: dict[str, PublicKey], topic: str, payload: bytes) -> Ve
         return Dropped(exc.code, str(exc))
     if body.vid != vid:
         return Dropped("vid_mismatch", f"body is for {body.vid}, not {vid}")
-    if isinstance(body, messages.StatusRequest) or KIND_OF_TYPE[type(body)] != parsed.kind:
+    if KIND_OF_TYPE.get(body.type) != parsed.kind or not isinstance(
+        body, messages.PolicyState | messages.ErrorReply | messages.IntentReceipt
+    ):
         return Dropped("wrong_topic", f"{body.type} does not belong on down/{parsed.kind}")
     return Verified(topic, payload, body)

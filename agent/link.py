@@ -13,7 +13,7 @@ import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from typing import Final
+from typing import Any, Final
 
 import aiomqtt
 from paho.mqtt.packettypes import PacketTypes
@@ -70,6 +70,21 @@ def tls_context(config: AgentConfig) -> ssl.SSLContext:
     return ctx
 
 
+class _SessionFlag:
+    """Records the CONNACK's session-present flag, which aiomqtt does not pass on."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self.present: bool | None = None
+        paho = client._client
+        self._inner = paho.on_connect
+        paho.on_connect = self._on_connect
+
+    def _on_connect(self, client: Any, userdata: Any, flags: Any, *rest: Any) -> None:
+        self.present = bool(getattr(flags, "session_present", False))
+        if self._inner is not None:
+            self._inner(client, userdata, flags, *rest)
+
+
 def _client(config: AgentConfig, tls: ssl.SSLContext) -> aiomqtt.Client:
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = config.session_expiry_s
@@ -97,9 +112,13 @@ def _client(config: AgentConfig, tls: ssl.SSLContext) -> aiomqtt.Client:
 class Link:
     """A connected session; get one from ``open_link``."""
 
-    def __init__(self, client: aiomqtt.Client, config: AgentConfig) -> None:
+    def __init__(
+        self, client: aiomqtt.Client, config: AgentConfig, session_present: bool | None = None
+    ) -> None:
         self._client = client
         self._config = config
+        self.session_present = session_present
+        """Whether the broker said it kept this client's session (None if not told)."""
 
     async def subscribe(self, topic_filter: str) -> None:
         """Subscribe at QoS 1; raise LinkError if the broker refuses."""
@@ -155,6 +174,7 @@ class Link:
 async def open_link(config: AgentConfig, tls: ssl.SSLContext) -> AsyncIterator[Link]:
     """Connect and announce retained ``online``; on a clean exit announce ``offline``."""
     client = _client(config, tls)
+    flag = _SessionFlag(client)
     where = f"{config.broker_host}:{config.broker_port}"
     try:
         # paho bounds TCP and TLS by itself; this bounds them and the CONNACK together.
@@ -166,7 +186,7 @@ async def open_link(config: AgentConfig, tls: ssl.SSLContext) -> AsyncIterator[L
         # A CONNACK that never came leaves paho's socket open on our loop: close it.
         client._client.disconnect()
         raise LinkError(f"connect to {where}: {exc!r}", reason="connect") from exc
-    link = Link(client, config)
+    link = Link(client, config, flag.present)
     presence = topics.presence(config.vid)
     clean = False
     try:

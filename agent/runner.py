@@ -18,17 +18,24 @@ readings bound when the cloud stamped ``issued_at``); any other accepted state (
 retained or pushed copy, perhaps days old) and the stored record only raise the floor.
 The floor is persisted on every accept, every ``trusted_floor_save_s`` and at a clean
 stop, and loaded at start. What the head unit may show comes from ``status_view()``.
+
+Sessions follow the pure ``sync.Sync`` machine: on every connect, subscribe (whatever
+``session_present`` says), ask for the state, then drain the outbox. Intents
+(``request_renewal``, ``report_event``) are committed to the store's outbox before they
+are acknowledged, sent (each time re-signed under a fresh seq) until the cloud's signed
+``intent.receipt`` is stored beside them, and survive restarts and power cuts.
 """
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 import ssl
 from collections import Counter
 from typing import Final
 
-from . import display, identity, inbox, keyring, keyset, provisioning
+from . import display, identity, inbox, intents, keyring, keyset, provisioning, sync
 from .backoff import Backoff
 from .boot import current_boot_id
 from .config import AgentConfig
@@ -38,6 +45,7 @@ from .errors import (
     KeySetError,
     LinkError,
     NotConnectedError,
+    NotRunningError,
     StateTimeoutError,
     StoreError,
 )
@@ -47,7 +55,7 @@ from .policy import Accept, Duplicate, Refuse, decide
 from .protocol import messages, topics
 from .protocol.clock import Clock, SystemClock
 from .protocol.keys import PublicKey
-from .protocol.messages import ErrorReply, PolicyState, StatusRequest
+from .protocol.messages import ErrorReply, IntentReceipt, PolicyState, StatusRequest
 from .store import Store
 from .trusted_time import TrustedClock, TrustedNow
 
@@ -81,7 +89,10 @@ class Agent:
     refused (``rollback``, ``bad_signature``, ``unknown_key``, …) or ``failed``;
     ``time_events`` tallies what accepted states did to trusted time: ``anchored``,
     ``floor`` (not a reply to this run's request: a lower bound only), ``refused``
-    (an ``issued_at`` below the floor).
+    (an ``issued_at`` below the floor);
+    ``intent_events`` tallies the outbox: ``recorded``, ``sent``, ``resent`` (sent
+    again for want of a receipt), ``receipted``, ``receipt_repeated`` (a receipt for an
+    intent that already had one, or none the outbox holds), ``send_failed``.
     """
 
     def __init__(
@@ -93,6 +104,9 @@ class Agent:
         self.renewals: Counter[str] = Counter()
         self.keyset_fetches: Counter[str] = Counter()
         self.time_events: Counter[str] = Counter()
+        self.intent_events: Counter[str] = Counter()
+        self.sync = sync.Sync()
+        self._first_ask: int | None = None
         self._clock = clock or SystemClock()
         self._rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
         try:
@@ -162,6 +176,8 @@ class Agent:
                 if floor is not None:
                     self._trusted.raise_floor(floor)
                 await self._load_stored(store)
+                for row in await store.pending_intents():
+                    self.sync.handle(sync.IntentQueued(row.intent_id, row.type))
                 vid = self.config.vid
                 async with asyncio.TaskGroup() as tg:
                     side = [
@@ -179,6 +195,8 @@ class Agent:
                 await self._save_floor(store)
             finally:
                 self._store = None
+                if self.sync.phase is not sync.Phase.STOPPED:
+                    self.sync.handle(sync.Stop())
 
     def _load_identity(
         self,
@@ -362,13 +380,14 @@ class Agent:
 
     async def _serve(self, link: Link, store: Store) -> None:
         vid = self.config.vid
-        await link.subscribe(topics.down_filter(vid))
-        self._link = link
-        log.info("%s: connected", vid)
+        present = bool(link.session_present)
         try:
+            await self._apply(self.sync.handle(sync.Connected(present)), link, store)
+            log.info("%s: connected (session present: %s)", vid, present)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._receive(link, store), name=f"agent-{vid}-receive")
                 tg.create_task(self._report(link, store), name=f"agent-{vid}-status")
+                tg.create_task(self._resend(link, store), name=f"agent-{vid}-resend")
                 tg.create_task(self._watch_stop(), name=f"agent-{vid}-stop")
                 tg.create_task(self._watch_reconnect(), name=f"agent-{vid}-reconnect")
         except* _StopRequested:
@@ -377,6 +396,100 @@ class Agent:
             log.info("%s: ending the session to use the renewed identity", vid)
         finally:
             self._link = None
+            if self.sync.phase not in (sync.Phase.OFFLINE, sync.Phase.STOPPED):
+                self.sync.handle(sync.LinkLost())
+
+    async def _apply(self, commands: list[sync.Command], link: Link, store: Store) -> None:
+        """Carry out the sync machine's commands in order (and those they lead to)."""
+        queue = list(commands)
+        while queue:
+            match queue.pop(0):
+                case sync.Subscribe():
+                    await link.subscribe(topics.down_filter(self.config.vid))
+                    self._link = link  # connected: replies can reach the agent now
+                    queue.extend(self.sync.handle(sync.Subscribed()))
+                case sync.AskStatus():
+                    self._first_ask = await self._send_status(link, store)
+                case sync.SendIntent(intent_id):
+                    await self._send_intent(intent_id, link, store)
+
+    async def _send_intent(self, intent_id: str, link: Link, store: Store) -> None:
+        row = await store.intent(intent_id)
+        if row is None or row.receipted_at is not None:
+            return  # receipted meanwhile
+        vid = self.config.vid
+        seq = await store.next_seq()
+        body = intents.body(row.type, intent_id, json.loads(row.fields), vid, seq)
+        topic = topics.up(vid, intents.INTENT_TYPES[row.type])  # type: ignore[arg-type]
+        await link.publish(topic, self._signer.seal(topic, messages.encode(body)))
+        self.intent_events["sent"] += 1
+        async with self._changed:
+            self._changed.notify_all()  # the resend timer starts once something is in flight
+        log.debug("%s: %s %s sent as seq %d", vid, row.type, intent_id, seq)
+
+    async def _resend(self, link: Link, store: Store) -> None:
+        """Send intents again, backing off, while their receipts do not come."""
+        retry = Backoff(self.config.reply_timeout_s, self.config.status_interval_s)
+        attempt = 0
+        while True:
+            async with self._changed:
+                await self._changed.wait_for(
+                    lambda: self.sync.phase is sync.Phase.LIVE and self.sync.awaiting_receipts
+                )
+            seen = self.intent_events["receipted"]
+            await asyncio.sleep(max(retry.min_s, retry.delay(attempt, self._rng.random())))
+            if self.intent_events["receipted"] != seen:
+                attempt = 0  # the cloud answers: give the rest their time
+                continue
+            if self.sync.phase is sync.Phase.LIVE and self.sync.awaiting_receipts:
+                attempt += 1
+                commands = self.sync.handle(sync.RetryDue())
+                self.intent_events["resent"] += len(commands)
+                await self._apply(commands, link, store)
+
+    async def request_renewal(self, action: str, quote_id: str | None = None) -> str:
+        """Record a ``renewal.request`` intent durably and send it; return its intent id."""
+        return await self._record("renewal.request", intents.renewal_fields(action, quote_id))
+
+    async def report_event(self, event: str, detail: str | None = None) -> str:
+        """Record a ``vehicle.event`` intent durably and send it; return its intent id.
+
+        The event carries the earliest instant trusted time allows (none without it).
+        """
+        now = self.trusted_now()
+        fields = intents.event_fields(event, None if now is None else now.earliest, detail)
+        return await self._record("vehicle.event", fields)
+
+    async def _record(self, type_: str, fields: dict[str, object]) -> str:
+        """Commit the intent to the outbox, then send it if the session is live.
+
+        Raise BodyError when it breaks the contract, NotRunningError without a store;
+        once this returns the intent is on disk and reaches the cloud exactly once.
+        """
+        store = self._store
+        if store is None:
+            raise NotRunningError()
+        intent_id = intents.new_id()
+        stored = intents.check(type_, intent_id, fields, self.config.vid)
+        await store.add_intent(intent_id, type_, stored, self._clock.now())
+        self.intent_events["recorded"] += 1
+        commands = self.sync.handle(sync.IntentQueued(intent_id, type_))
+        async with self._changed:
+            self._changed.notify_all()
+        link = self._link
+        if commands and link is not None:
+            try:
+                await self._apply(commands, link, store)
+            except AgentError as exc:  # on disk: sent again on the next session
+                self.intent_events["send_failed"] += 1
+                log.info("%s: intent %s not sent now: %s", self.config.vid, intent_id, exc)
+        return intent_id
+
+    async def outbox(self) -> tuple[int, int]:
+        """(pending, receipted) intent counts; raise NotRunningError when not running."""
+        if self._store is None:
+            raise NotRunningError()
+        return await self._store.outbox_counts()
 
     async def _watch_stop(self) -> None:
         await self._stopping.wait()
@@ -395,17 +508,24 @@ class Agent:
         """
         retry = Backoff(self.config.reply_timeout_s, self.config.status_interval_s)
         attempt = 0
+        seq = self._first_ask  # the sync machine asked on connect
         while True:
-            seq = await self._send_status(link, store)
+            if seq is None:
+                seq = await self._send_status(link, store)
             # A reply always gets reply_timeout_s; full jitter spreads only the extra wait.
             wait_s = max(retry.min_s, retry.delay(attempt, self._rng.random()))
-            if await self._answered(seq, wait_s):
+            answered = await self._answered(seq, wait_s)
+            if self.sync.phase is sync.Phase.SYNCING:
+                event = sync.StateAnswered() if answered else sync.AskTimedOut()
+                await self._apply(self.sync.handle(event), link, store)
+            if answered:
                 attempt = 0
                 await asyncio.sleep(self.config.status_interval_s)
             else:
                 attempt += 1
                 self.counters["unanswered"] += 1
                 log.info("%s: status.request seq %d unanswered; asking again", self.config.vid, seq)
+            seq = None
 
     async def _answered(self, seq: int, timeout_s: float) -> bool:
         def replied() -> bool:
@@ -447,6 +567,9 @@ class Agent:
                 self._keys_wanted.set()  # perhaps a rolled signing key: fetch the key set
             return
         body = outcome.body
+        if isinstance(body, IntentReceipt):
+            await self._note_receipt(outcome.topic, outcome.payload, body, store)
+            return
         if isinstance(body, ErrorReply):
             await store.save_error(outcome.topic, outcome.payload, body, self._clock.now())
             self._last_error = body
@@ -477,6 +600,20 @@ class Agent:
                 body.seq,
                 body.status,
             )
+
+    async def _note_receipt(
+        self, topic: str, payload: bytes, receipt: IntentReceipt, store: Store
+    ) -> None:
+        """Store a verified receipt beside its intent; the intent is then done."""
+        self._trusted.raise_floor(receipt.issued_at)
+        if not await store.save_receipt(receipt.intent_id, topic, payload, self._clock.now()):
+            self.intent_events["receipt_repeated"] += 1
+            return
+        self.intent_events["receipted"] += 1
+        self.sync.handle(sync.ReceiptReceived(receipt.intent_id))
+        async with self._changed:
+            self._changed.notify_all()
+        log.debug("%s: intent %s receipted", self.config.vid, receipt.intent_id)
 
     async def _note_time(self, state: PolicyState, store: Store) -> None:
         """Anchor trusted time on a reply to this run's request; else raise the floor only."""

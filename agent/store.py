@@ -1,5 +1,6 @@
 """The agent's local SQLite store (WAL): outgoing seq, latest accepted policy state, last
-error, and the trusted-time floor (which SQL itself keeps from ever decreasing).
+error, the trusted-time floor (which SQL itself keeps from ever decreasing), and the
+outbox of intents (kept until the cloud's signed receipt is stored beside them).
 
 The only module that imports aiosqlite. Every write commits before its call returns,
 with ``synchronous=FULL``, so a seq handed out is never handed out again after a
@@ -63,6 +64,19 @@ CREATE TABLE IF NOT EXISTS trusted_anchor (
     sent REAL NOT NULL,
     received REAL NOT NULL
 );
+CREATE TABLE IF NOT EXISTS outbox (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    intent_id TEXT NOT NULL UNIQUE CHECK (length(intent_id) = 32),
+    type TEXT NOT NULL,
+    fields TEXT NOT NULL,
+    created_at TEXT NOT NULL,
+    receipt_topic TEXT,
+    receipt BLOB,
+    receipted_at TEXT
+);
+CREATE TRIGGER IF NOT EXISTS outbox_receipt_kept BEFORE UPDATE OF receipt ON outbox
+WHEN OLD.receipt IS NOT NULL
+BEGIN SELECT RAISE(ABORT, 'a stored receipt is never replaced'); END;
 """
 # The table is additive (an older agent ignores it), so the schema version stays 1.
 _RAISE_FLOOR: Final = """
@@ -111,6 +125,17 @@ class ErrorRecord:
     code: str
     message: str
     received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One intent as recorded: its body fields besides type, vid and seq, as JSON text."""
+
+    intent_id: str
+    type: str
+    fields: str
+    created_at: datetime
+    receipted_at: datetime | None
 
 
 class Store:
@@ -184,6 +209,13 @@ class Store:
         if row is None:
             raise StoreError(f"{self.path}: no row for {sql.split()[0]}")
         return row
+
+    async def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        try:
+            async with self._conn().execute(sql, params) as cur:
+                return [tuple(r) for r in await cur.fetchall()]
+        except sqlite3.Error as exc:
+            raise StoreError(f"{self.path}: {exc}") from exc
 
     async def _write(self, sql: str, params: tuple[Any, ...]) -> int:
         db = self._conn()
@@ -312,6 +344,52 @@ class Store:
         boot, issued, sent, received = row
         return str(boot), Anchor(_EPOCH + int(issued) * _US, float(sent), float(received))
 
+    async def add_intent(self, intent_id: str, type_: str, fields: str, at: datetime) -> None:
+        """Record an intent in the outbox; committed (fsynced) before it returns.
+
+        Raise StoreError if ``intent_id`` is already there: an id is never reused.
+        """
+        await self._write(
+            "INSERT INTO outbox (intent_id, type, fields, created_at) VALUES (?, ?, ?, ?)",
+            (intent_id, type_, fields, at.isoformat()),
+        )
+
+    async def intent(self, intent_id: str) -> OutboxRow | None:
+        """The outbox row of ``intent_id``, or None."""
+        row = await self._optional(
+            "SELECT intent_id, type, fields, created_at, receipted_at FROM outbox"
+            " WHERE intent_id = ?",
+            (intent_id,),
+        )
+        return None if row is None else _outbox_row(row)
+
+    async def pending_intents(self) -> list[OutboxRow]:
+        """Intents without a receipt, in the order they were recorded."""
+        rows = await self._all(
+            "SELECT intent_id, type, fields, created_at, receipted_at FROM outbox"
+            " WHERE receipt IS NULL ORDER BY n"
+        )
+        return [_outbox_row(r) for r in rows]
+
+    async def save_receipt(self, intent_id: str, topic: str, envelope: bytes, at: datetime) -> bool:
+        """Store the cloud's receipt beside a pending intent; False if none is pending."""
+        changed = await self._write(
+            "UPDATE outbox SET receipt_topic = ?, receipt = ?, receipted_at = ?"
+            " WHERE intent_id = ? AND receipt IS NULL",
+            (topic, envelope, at.isoformat(), intent_id),
+        )
+        return changed == 1
+
+    async def outbox_counts(self) -> tuple[int, int]:
+        """(pending, receipted) intent counts."""
+        row = await self._one("SELECT count(*) - count(receipt), count(receipt) FROM outbox")
+        return int(row[0]), int(row[1])
+
     async def integrity_check(self) -> str:
         """SQLite's verdict on the file: ``"ok"`` when sound."""
         return str((await self._one("PRAGMA integrity_check"))[0])
+
+
+def _outbox_row(row: tuple[Any, ...]) -> OutboxRow:
+    receipted = None if row[4] is None else datetime.fromisoformat(row[4])
+    return OutboxRow(row[0], row[1], row[2], datetime.fromisoformat(row[3]), receipted)

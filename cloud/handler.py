@@ -7,6 +7,13 @@ the vehicles whose counters changed since the caller last saved them. No I/O.
 Checks, in order: topic shape → registered vehicle → envelope form → key id →
 signature over the exact bytes → body schema → body vid = topic vid → body type
 fits the topic → ``seq`` grows. The first failure becomes an ``error`` reply.
+
+A ``status.request`` gets the current ``policy.state``. An intent (``renewal.request``
+on up/renewal, ``vehicle.event`` on up/event) is queued in ``intents`` for the caller
+to record, keyed by (vid, intent_id), in the same commit as the counters; its
+``intent.receipt`` must be published only after that commit. A car re-sends an intent
+(re-signed under a new ``seq``) until it holds the receipt, so the same intent_id may
+arrive many times: the store keeps the first and the receipt is sent every time.
 """
 
 import hashlib
@@ -46,11 +53,24 @@ CounterRow = tuple[str, int, int, int, str]
 
 
 @dataclass(frozen=True, slots=True)
+class IntentRow:
+    """An intent to record once per (vid, intent_id)."""
+
+    vid: str
+    intent_id: str
+    type: str
+    body: bytes
+    """The verified body bytes, as the car signed them."""
+    seq: int
+    received_at: datetime
+
+
+@dataclass(frozen=True, slots=True)
 class Reply:
     """A body to seal and publish on ``topic``."""
 
     topic: str
-    body: messages.PolicyState | messages.ErrorReply
+    body: messages.PolicyState | messages.ErrorReply | messages.IntentReceipt
     retain: bool
 
 
@@ -61,6 +81,14 @@ class Rejected(Exception):
         super().__init__(message)
         self.code = code
         self.reply_to = reply_to
+
+
+_UP_KIND: dict[str, str] = {
+    "status.request": "status",
+    "renewal.request": "renewal",
+    "vehicle.event": "event",
+}
+"""The one up topic kind each car body type may arrive on."""
 
 
 def _content_key(content: StateContent) -> str:
@@ -76,6 +104,8 @@ class RequestHandler:
     fresh_for: timedelta = timedelta(days=1)
     expiring_within_days: int = 30
     dirty: set[str] = field(default_factory=set)
+    intents: list[IntentRow] = field(default_factory=list)
+    """Intents accepted since the caller last took them; record before sending replies."""
     counters: Counter[str] = field(default_factory=Counter)
     _contents: dict[str, tuple[date, PolicyRecord | None, StateContent, str]] = field(
         default_factory=dict, init=False, repr=False
@@ -110,19 +140,42 @@ class RequestHandler:
             env = envelope.parse(payload)
             if env.kid != vehicle.kid:
                 raise Rejected("unknown_key", "envelope kid is not this vehicle's key")
-            body = messages.decode(env.verify(topic, vehicle.key))
+            body_bytes = env.verify(topic, vehicle.key)
+            body = messages.decode(body_bytes)
         except ProtocolError as exc:
             raise Rejected(exc.code, str(exc)) from exc
         if body.vid != parsed.vid:
             raise Rejected("vid_mismatch", "body vid differs from topic vid", body.seq)
-        if not isinstance(body, messages.StatusRequest) or parsed.kind != "status":
+        if _UP_KIND.get(body.type) != parsed.kind:
             raise Rejected(
                 "unsupported_type", f"{body.type} is not served on {parsed.kind}", body.seq
             )
         if body.seq <= vehicle.last_seq:
             raise Rejected("replay", f"seq {body.seq} is not above {vehicle.last_seq}", body.seq)
         vehicle.last_seq = body.seq
+        if isinstance(body, messages.RenewalRequest | messages.VehicleEvent):
+            return self._receipt(parsed.vid, vehicle, body, body_bytes, now)
         return self._state(parsed.vid, vehicle, now, reply_to=body.seq)
+
+    def _receipt(
+        self,
+        vid: str,
+        vehicle: VehicleState,
+        body: messages.Intent,
+        body_bytes: bytes,
+        now: datetime,
+    ) -> Reply:
+        self.intents.append(IntentRow(vid, body.intent_id, body.type, body_bytes, body.seq, now))
+        vehicle.down_seq += 1
+        self.dirty.add(vid)
+        receipt = messages.IntentReceipt(
+            vid=vid,
+            seq=vehicle.down_seq,
+            reply_to=body.seq,
+            intent_id=body.intent_id,
+            issued_at=now,
+        )
+        return Reply(topics.down(vid, "receipt"), receipt, retain=False)
 
     def _state(self, vid: str, vehicle: VehicleState, now: datetime, reply_to: int | None) -> Reply:
         content, key = self._content(vid, now)

@@ -25,7 +25,7 @@ from agent.protocol.keys import PublicKey, kid_for, load_public_key, public_pem
 
 from .enrollment import ClaimRow, FleetRow, VehicleRow
 from .errors import StoreError
-from .handler import CounterRow, VehicleState
+from .handler import CounterRow, IntentRow, VehicleState
 from .policy import PolicyRecord
 
 _SCHEMA = """
@@ -89,6 +89,15 @@ CREATE TABLE IF NOT EXISTS certificates (
     issued_at TEXT NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS certificates_by_vid ON certificates(vid);
+CREATE TABLE IF NOT EXISTS intents (
+    vid TEXT NOT NULL REFERENCES vehicles(vid),
+    intent_id TEXT NOT NULL,
+    type TEXT NOT NULL,
+    body BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    received_at TEXT NOT NULL,
+    PRIMARY KEY (vid, intent_id)
+) STRICT;
 """
 # Serials are decimal TEXT: they run to 159 bits, past SQLite's 64-bit INTEGER.
 
@@ -181,8 +190,14 @@ class Store:
             ],
         )
 
-    async def save_counters(self, rows: Iterable[CounterRow]) -> None:
-        """Write counter snapshots (``VehicleState.row``) and commit.
+    async def save_counters(
+        self, rows: Iterable[CounterRow], intents: Iterable[IntentRow] = ()
+    ) -> int:
+        """Write counter snapshots (``VehicleState.row``) and new intents; commit; count new.
+
+        An intent whose (vid, intent_id) is already stored is ignored (the first copy
+        stays): that is what makes a re-sent intent take effect once. Returns how many
+        intents were new.
 
         The worker's hot path, on a connection used for nothing else: calls are not
         serialized, so a commit that is still on disk lets the next call's rows queue
@@ -193,9 +208,17 @@ class Store:
             await self._db.executemany(
                 "INSERT OR REPLACE INTO counters VALUES (?, ?, ?, ?, ?)", list(rows)
             )
+            new = 0
+            for i in intents:
+                cursor = await self._db.execute(
+                    "INSERT OR IGNORE INTO intents VALUES (?, ?, ?, ?, ?, ?)",
+                    (i.vid, i.intent_id, i.type, i.body, i.seq, _ts(i.received_at)),
+                )
+                new += max(cursor.rowcount, 0)
             await self._db.commit()
         except aiosqlite.Error as exc:
             raise StoreError(f"save counters failed: {exc}") from exc
+        return new
 
     async def load_vehicles(self) -> dict[str, VehicleState]:
         """Every registered vehicle that is not revoked, with its key and counters."""
@@ -470,6 +493,19 @@ class Store:
             (),
         )
         return sorted(int(r[0]) for r in rows)
+
+    async def intents(self, vid: str | None = None) -> list[IntentRow]:
+        """Recorded intents, oldest first; of one vehicle when ``vid`` is given."""
+        where, params = ("WHERE vid = ?", (vid,)) if vid is not None else ("", ())
+        rows = await self._rows(
+            f"SELECT vid, intent_id, type, body, seq, received_at FROM intents {where} "  # noqa: S608
+            "ORDER BY received_at, seq",
+            params,
+        )
+        return [
+            IntentRow(r[0], r[1], r[2], bytes(r[3]), r[4], datetime.fromisoformat(r[5]))
+            for r in rows
+        ]
 
     async def count_vehicles(self) -> int:
         """How many vehicles are registered, revoked ones included."""

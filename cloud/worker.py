@@ -26,7 +26,7 @@ from agent.protocol.keys import PublicKey, kid_for
 
 from .config import CloudConfig
 from .errors import LinkError, StoreError
-from .handler import CounterRow, Reply, RequestHandler, VehicleState
+from .handler import CounterRow, IntentRow, Reply, RequestHandler, VehicleState
 from .link import MqttLink, tls_context
 from .pki import CertificateAuthority
 from .revocation import BrokerControl, sighup_from_pid_file
@@ -199,8 +199,9 @@ class Worker:
                 replies = self._handle_batch(handler, batch)
                 dirty, handler.dirty = handler.dirty, set()
                 rows = [handler.vehicles[vid].row(vid) for vid in dirty if vid in handler.vehicles]
+                intents, handler.intents = handler.intents, []
                 previous = asyncio.create_task(
-                    self._commit_then_publish(store, link, rows, replies, previous),
+                    self._commit_then_publish(store, link, rows, intents, replies, previous),
                     name="cloud-commit",
                 )
                 # Let the commit start, and give the link a turn to read more requests.
@@ -228,13 +229,16 @@ class Worker:
         store: Store,
         link: MqttLink,
         rows: list[CounterRow],
+        intents: list[IntentRow],
         replies: list[Reply],
         previous: "asyncio.Task[None] | None",
     ) -> None:
         saved = True
-        if rows:
+        if rows or intents:
             try:
-                await store.save_counters(rows)
+                new = await store.save_counters(rows, intents)
+                self.counters["intents.new"] += new
+                self.counters["intents.repeated"] += len(intents) - new
             except StoreError:
                 log.exception("cannot persist counters; dropping %d replies", len(replies))
                 self.counters["store_error"] += 1

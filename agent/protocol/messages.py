@@ -18,6 +18,19 @@ Vid = Annotated[str, Field(pattern=r"^v[0-9a-z]{7,39}$")]
 Seq = Annotated[int, Field(ge=1, le=2**53)]
 ShortText = Annotated[str, Field(min_length=1, max_length=64)]
 PolicyStatus = Literal["active", "expiring", "lapsed", "unknown", "renewal_pending"]
+IntentId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+"""An intent's idempotency key: 128 random bits in lowercase hex, chosen by the car."""
+RenewalAction = Literal["quote", "accept", "decline", "already_renewed"]
+VehicleEventKind = Literal[
+    "ignition_on",
+    "ignition_off",
+    "moving",
+    "parked",
+    "prompt_shown",
+    "prompt_answered",
+    "lapsed_while_driving",
+    "vin_mismatch",
+]
 ERROR_CODES: Final = frozenset(
     {
         "bad_topic",
@@ -76,8 +89,44 @@ class ErrorReply(_Body):
     message: Annotated[str, Field(max_length=256)]
 
 
-Body = Annotated[StatusRequest | PolicyState | ErrorReply, Field(discriminator="type")]
-_BODY: Final[TypeAdapter[StatusRequest | PolicyState | ErrorReply]] = TypeAdapter(Body)
+class RenewalRequest(_Body):
+    """car → cloud (an intent): quote, accept (naming a quote), decline, already renewed."""
+
+    type: Literal["renewal.request"] = "renewal.request"
+    intent_id: IntentId
+    action: RenewalAction
+    quote_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
+
+
+class VehicleEvent(_Body):
+    """car → cloud (an intent): something the fleet should know happened in the car.
+
+    ``at`` is the car's trusted time when it happened, None when it had none.
+    """
+
+    type: Literal["vehicle.event"] = "vehicle.event"
+    intent_id: IntentId
+    event: VehicleEventKind
+    at: AwareDatetime | None = None
+    detail: Annotated[str, Field(max_length=128)] | None = None
+
+
+class IntentReceipt(_Body):
+    """cloud → car: the intent ``intent_id`` is durably recorded (once, however often sent).
+
+    A PUBACK only says the broker took a message; this says the cloud acted on it.
+    """
+
+    type: Literal["intent.receipt"] = "intent.receipt"
+    reply_to: Seq
+    intent_id: IntentId
+    issued_at: AwareDatetime
+
+
+Intent = RenewalRequest | VehicleEvent
+AnyBody = StatusRequest | PolicyState | ErrorReply | RenewalRequest | VehicleEvent | IntentReceipt
+Body = Annotated[AnyBody, Field(discriminator="type")]
+_BODY: Final[TypeAdapter[AnyBody]] = TypeAdapter(Body)
 
 
 def encode(body: _Body) -> bytes:
@@ -92,7 +141,7 @@ def _first_error(exc: ValidationError) -> dict[str, Any]:
     return dict(exc.errors(include_url=False, include_input=False)[0])
 
 
-def decode(data: bytes) -> StatusRequest | PolicyState | ErrorReply:
+def decode(data: bytes) -> AnyBody:
     """Parse verified body bytes; raise BodyError (code ``unsupported_type`` for unknown types)."""
     if len(data) > MAX_BODY_BYTES:
         raise BodyError(f"body of {len(data)} bytes exceeds {MAX_BODY_BYTES}")

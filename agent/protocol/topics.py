@@ -14,9 +14,9 @@ VID_RE: Final = re.compile(r"v[0-9a-z]{7,39}")
 """A vid: ``v`` and 7–39 lowercase letters or digits. Never a VIN; never ``ctpl-cloud``."""
 
 UpKind = Literal["status", "renewal", "event"]
-DownKind = Literal["policy", "renewal", "error"]
+DownKind = Literal["policy", "renewal", "error", "receipt"]
 UP_KINDS: Final[frozenset[str]] = frozenset({"status", "renewal", "event"})
-DOWN_KINDS: Final[frozenset[str]] = frozenset({"policy", "renewal", "error"})
+DOWN_KINDS: Final[frozenset[str]] = frozenset({"policy", "renewal", "error", "receipt"})
 
 CLOUD_SHARED_SUBSCRIPTION: Final = f"$share/cloud/{PREFIX}/+/up/#"
 """What every cloud worker subscribes to, so that any number of them share the load."""
