@@ -141,13 +141,15 @@ def _add_enroll(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
 
 async def _stored(
     db: Path, keys: dict[str, PublicKey], vid: str | None
-) -> tuple[PolicyState | str, datetime | None, tuple[str, Anchor] | None]:
-    """The stored state (or why none can be shown), the trusted-time floor and anchor."""
+) -> tuple[PolicyState | str, datetime | None, tuple[str, Anchor] | None, int]:
+    """The stored state (or why none can be shown), trusted-time floor and anchor, and
+    how many intents still wait for the cloud's receipt."""
     async with asyncio.timeout(STORE_TIMEOUT_S), Store(db) as store:
         record = await store.policy()
         floor = await store.trusted_floor()
         anchor = await store.anchor()
-    return _stored_state(record, keys, vid), floor, anchor
+        pending, _ = await store.outbox_counts()
+    return _stored_state(record, keys, vid), floor, anchor, pending
 
 
 def _stored_state(
@@ -205,12 +207,12 @@ def _status(args: argparse.Namespace) -> int:
         keys = load_trusted_keys(pinned, config.keyset_file, config.root_key, now)
         args.db = args.db or config.db_path
         args.vid = args.vid or config.vid
-    floor, anchor = None, None
+    floor, anchor, pending = None, None, 0
     if not args.db.is_file():
         found: PolicyState | str = f"no store at {args.db}"
     else:
         try:
-            found, floor, anchor = asyncio.run(_stored(args.db, keys, args.vid))
+            found, floor, anchor, pending = asyncio.run(_stored(args.db, keys, args.vid))
         except (StoreError, TimeoutError) as exc:
             found = f"store unreadable: {exc or 'timed out'}"
     trusted = _trusted(args.now, floor, found, anchor, current_boot_id(), SystemClock().monotonic())
@@ -218,7 +220,12 @@ def _status(args: argparse.Namespace) -> int:
         shown = display.view(None, trusted, missing=found)
     else:
         shown = display.view(found, trusted)
-    print(json.dumps(display.as_json(shown)) if args.json else display.as_text(shown))
+    if args.json:
+        print(json.dumps({**display.as_json(shown), "intents_pending": pending}))
+    else:
+        print(display.as_text(shown))
+        if pending:
+            print(f"outbox: {pending} intent(s) waiting for the cloud's receipt")
     return EXIT_UNVERIFIED if isinstance(shown, display.Unverified) else EXIT_OK
 
 

@@ -170,7 +170,6 @@ class Agent:
             raise AgentError("an Agent runs once; make a new one")
         self._started = True
         async with Store(self.config.db_path) as store:
-            self._store = store
             try:
                 floor = await store.trusted_floor()
                 if floor is not None:
@@ -178,6 +177,7 @@ class Agent:
                 await self._load_stored(store)
                 for row in await store.pending_intents():
                     self.sync.handle(sync.IntentQueued(row.intent_id, row.type))
+                self._store = store  # intents may be recorded from here on
                 vid = self.config.vid
                 async with asyncio.TaskGroup() as tg:
                     side = [

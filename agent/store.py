@@ -7,6 +7,7 @@ with ``synchronous=FULL``, so a seq handed out is never handed out again after a
 crash or a power cut.
 """
 
+import asyncio
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -144,6 +145,9 @@ class Store:
     def __init__(self, path: Path) -> None:
         self.path = path
         self._db: aiosqlite.Connection | None = None
+        # One statement-and-commit at a time: the receive loop, the outbox and the
+        # timers share the connection, and a commit while another statement is open fails.
+        self._lock = asyncio.Lock()
 
     async def open(self) -> Self:
         """Open (creating if needed) the file in WAL mode and apply the schema."""
@@ -198,7 +202,7 @@ class Store:
     async def _optional(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
         """The first row of ``sql``, or None."""
         try:
-            async with self._conn().execute(sql, params) as cur:
+            async with self._lock, self._conn().execute(sql, params) as cur:
                 row = await cur.fetchone()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
@@ -212,7 +216,7 @@ class Store:
 
     async def _all(self, sql: str, params: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         try:
-            async with self._conn().execute(sql, params) as cur:
+            async with self._lock, self._conn().execute(sql, params) as cur:
                 return [tuple(r) for r in await cur.fetchall()]
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
@@ -220,22 +224,28 @@ class Store:
     async def _write(self, sql: str, params: tuple[Any, ...]) -> int:
         db = self._conn()
         try:
-            async with db.execute(sql, params) as cur:
-                changed = cur.rowcount
-            await db.commit()
+            async with self._lock:
+                async with db.execute(sql, params) as cur:
+                    changed = cur.rowcount
+                await db.commit()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
         return changed
 
     async def next_seq(self) -> int:
         """The next outgoing seq, committed before it is returned."""
-        row = await self._one(
-            "UPDATE seq_counter SET last_seq = last_seq + 1 WHERE id = 1 RETURNING last_seq"
-        )
+        db = self._conn()
         try:
-            await self._conn().commit()
+            async with self._lock:
+                async with db.execute(
+                    "UPDATE seq_counter SET last_seq = last_seq + 1 WHERE id = 1 RETURNING last_seq"
+                ) as cur:
+                    row = await cur.fetchone()
+                await db.commit()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
+        if row is None:
+            raise StoreError(f"{self.path}: the seq counter row is missing")
         return int(row[0])
 
     async def last_seq(self) -> int:

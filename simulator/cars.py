@@ -4,6 +4,7 @@ import asyncio
 import contextlib
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from agent.config import AgentConfig
 from agent.runner import Agent
@@ -11,9 +12,17 @@ from cloud.pki import DevPki
 
 
 def car_config(
-    pki: DevPki, vid: str, workdir: Path, broker_port: int, status_interval_s: float = 3600.0
+    pki: DevPki,
+    vid: str,
+    workdir: Path,
+    broker_port: int,
+    status_interval_s: float = 3600.0,
+    **overrides: Any,
 ) -> AgentConfig:
-    """The config of simulated car ``vid``: its PKI files and its own SQLite file."""
+    """The config of simulated car ``vid``: its PKI files and its own SQLite file.
+
+    ``overrides`` set any other AgentConfig field (e.g. shorter timeouts in tests).
+    """
     d = pki.car_dir(vid)
     return AgentConfig(
         vid=vid,
@@ -24,6 +33,7 @@ def car_config(
         broker_port=broker_port,
         db_path=workdir / vid / "agent.db",
         status_interval_s=status_interval_s,
+        **overrides,
     )
 
 

@@ -129,7 +129,23 @@ def test_record_signed_by_another_key_is_unverified(db: Path, tmp_path: Path, ca
             "earliest": "2025-06-01T12:00:00+08:00",
             "latest": "2025-06-01T12:00:00+08:00",
         },
+        "intents_pending": 0,
     }
+
+
+def test_intents_waiting_for_a_receipt_are_shown(db: Path, cloud_pub: Path, capsys: Any) -> None:
+    async def record() -> None:
+        async with Store(db) as store:
+            for intent_id in ("a" * 32, "b" * 32):
+                await store.add_intent(
+                    intent_id, "vehicle.event", "{}", datetime.now().astimezone()
+                )
+
+    asyncio.run(record())
+    assert status(db, cloud_pub) == 0
+    assert "outbox: 2 intent(s) waiting for the cloud's receipt" in capsys.readouterr().out
+    assert status(db, cloud_pub, "--json") == 0
+    assert json.loads(capsys.readouterr().out)["intents_pending"] == 2
 
 
 def test_record_past_fresh_until_is_unverified(db: Path, cloud_pub: Path, capsys: Any) -> None:
