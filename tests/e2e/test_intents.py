@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.runner import Agent
+from cloud.config import CloudConfig
 from cloud.pki import DevPki
 from cloud.store import Store
 from cloud.worker import Worker
@@ -118,3 +119,47 @@ async def test_a_broker_restart_with_intents_in_flight_loses_and_repeats_none(
         f"intents.repeated {worker.counters['intents.repeated']}"
     )
     assert agent.link_failures["dropped"] >= 1
+
+
+async def test_a_cloud_worker_killed_mid_stream_and_restarted_records_each_intent_once(
+    own_pki: DevPki, own_broker: Mosquitto, tmp_path: Path
+) -> None:
+    db = tmp_path / "cloud.db"
+    first, first_task = await start_worker(own_pki, own_broker, db)
+    vid = own_pki.vids()[2]
+    agent = Agent(car_config(own_pki, vid, tmp_path / "cars", own_broker.port, **FAST))
+    task = asyncio.create_task(agent.run())
+    recorded: list[str] = []
+    second_task: asyncio.Task[None] | None = None
+    try:
+        await agent.wait_for_state(10.0)
+        for n in range(60):
+            recorded.append(await agent.report_event("parked", detail=f"#{n}"))
+            if n == 20:
+                first_task.cancel()  # mid-batch: some committed without their receipts
+                with pytest.raises(asyncio.CancelledError):
+                    await first_task
+            if n == 40:
+                config = CloudConfig.from_pki(
+                    own_pki, db_path=db, broker_port=own_broker.port, client_id="test-cloud-again"
+                )
+                second = Worker(config)
+                second_task = asyncio.create_task(second.run())
+            await asyncio.sleep(0.01)
+        assert await drained(agent, 30.0) == (0, 60)
+    finally:
+        agent.stop()
+        async with asyncio.timeout(10):
+            await task
+        if second_task is not None:
+            second_task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await second_task
+    rows = await cloud_rows(db, vid)
+    ids = [r[0] for r in rows]
+    assert len(ids) == len(set(ids)) == 60 and set(ids) == set(recorded)
+    print(
+        f"\ncloud worker killed and restarted: 60 recorded, {len(ids)} rows; first worker "
+        f"{first.counters['intents.new']} new; second {second.counters['intents.new']} new, "
+        f"{second.counters['intents.repeated']} repeated; agent {dict(agent.intent_events)}"
+    )
