@@ -1,24 +1,17 @@
-"""The agent's configuration: one frozen model, loaded once from a TOML or JSON file."""
+"""The agent's configuration: one frozen record, loaded once from a TOML or JSON file."""
 
 import json
 import tomllib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Final
 
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-
 from .enrollment import check_cloud_url
 from .errors import ConfigError
-from .protocol import topics
+from .protocol import strict, topics
 from .protocol.errors import TopicError
+from .protocol.strict import Range
 
 PATH_FIELDS: Final = frozenset(
     {"key_file", "cert_file", "ca_file", "db_path", "root_key", "keyset_file", "api_ca_file"}
@@ -28,10 +21,13 @@ KEYSET_REFRESH_MIN_S: Final = 300.0
 TRUSTED_FLOOR_SAVE_S: Final = 600.0
 
 
-class AgentConfig(BaseModel):
-    """Everything one agent process needs; no defaults for identity or trust."""
+@dataclass(frozen=True, kw_only=True, slots=True)
+class AgentConfig(strict.Record):
+    """Everything one agent process needs; no defaults for identity or trust.
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    Built with keyword arguments, checked at once: a bad value raises ConfigError. Paths
+    may be given as text, a list for ``cloud_keys``, an int for a float.
+    """
 
     vid: str
     key_file: Path
@@ -48,46 +44,48 @@ class AgentConfig(BaseModel):
     api_ca_file: Path | None = None
     """The CA bundle that authenticates the API; none: the system's trust store."""
     broker_host: str = "127.0.0.1"
-    broker_port: Annotated[int, Field(ge=1, le=65535)] = 8883
+    broker_port: Annotated[int, Range(ge=1, le=65535)] = 8883
     db_path: Path
-    status_interval_s: Annotated[float, Field(gt=0)] = 3600.0
-    reply_timeout_s: Annotated[float, Field(gt=0)] = 10.0
+    status_interval_s: Annotated[float, Range(gt=0)] = 3600.0
+    reply_timeout_s: Annotated[float, Range(gt=0)] = 10.0
     """How long to wait for the answer to a status request before asking again."""
-    keepalive_s: Annotated[int, Field(ge=5, le=300)] = 30
+    keepalive_s: Annotated[int, Range(ge=5, le=300)] = 30
     """MQTT keep-alive: paho drops a link silent for 1.5 times this (45 s by default)."""
-    session_expiry_s: Annotated[int, Field(ge=0, le=2**32 - 1)] = 30 * 86400
-    reconnect_min_s: Annotated[float, Field(gt=0)] = 1.0
-    reconnect_max_s: Annotated[float, Field(gt=0)] = 300.0
-    operation_timeout_s: Annotated[float, Field(gt=0)] = 15.0
-    renewal_check_s: Annotated[float, Field(gt=0)] = RENEWAL_CHECK_S
+    session_expiry_s: Annotated[int, Range(ge=0, le=2**32 - 1)] = 30 * 86400
+    reconnect_min_s: Annotated[float, Range(gt=0)] = 1.0
+    reconnect_max_s: Annotated[float, Range(gt=0)] = 300.0
+    operation_timeout_s: Annotated[float, Range(gt=0)] = 15.0
+    renewal_check_s: Annotated[float, Range(gt=0)] = RENEWAL_CHECK_S
     """How often the running agent asks whether its certificate needs renewing."""
-    renewal_retry_s: Annotated[float, Field(gt=0)] = 300.0
+    renewal_retry_s: Annotated[float, Range(gt=0)] = 300.0
     """The first wait after a failed renewal; it doubles up to renewal_check_s."""
-    keyset_refresh_min_s: Annotated[float, Field(gt=0)] = KEYSET_REFRESH_MIN_S
+    keyset_refresh_min_s: Annotated[float, Range(gt=0)] = KEYSET_REFRESH_MIN_S
     """The least time between two key set fetches (made when a message's kid is unknown)."""
-    trusted_floor_save_s: Annotated[float, Field(gt=0)] = TRUSTED_FLOOR_SAVE_S
+    trusted_floor_save_s: Annotated[float, Range(gt=0)] = TRUSTED_FLOOR_SAVE_S
     """How often the running agent persists its trusted-time floor (also on every accept)."""
 
-    @field_validator("vid")
-    @classmethod
-    def _vid_well_formed(cls, vid: str) -> str:
+    def __post_init__(self) -> None:
         try:
-            return topics.check_vid(vid)
-        except TopicError as exc:
-            raise ValueError(str(exc)) from None
+            strict.check(self)
+            _check_settings(self)
+        except strict.Invalid as exc:
+            raise ConfigError(f"invalid config: {exc}") from None
 
-    @field_validator("cloud_url")
-    @classmethod
-    def _cloud_url_https(cls, url: str | None) -> str | None:
-        return None if url is None else check_cloud_url(url)
 
-    @model_validator(mode="after")
-    def _trusts_something(self) -> "AgentConfig":
-        if self.keyset_file is not None and self.root_key is None:
-            raise ValueError("keyset_file needs root_key to verify it against")
-        if not self.cloud_keys and self.keyset_file is None:
-            raise ValueError("no cloud_keys and no keyset_file: the agent would trust nothing")
-        return self
+def _check_settings(config: AgentConfig) -> None:
+    try:
+        topics.check_vid(config.vid)
+    except TopicError as exc:
+        raise strict.Invalid(str(exc), "vid") from None
+    if config.cloud_url is not None:
+        try:
+            object.__setattr__(config, "cloud_url", check_cloud_url(config.cloud_url))
+        except ValueError as exc:
+            raise strict.Invalid(str(exc), "cloud_url") from None
+    if config.keyset_file is not None and config.root_key is None:
+        raise strict.Invalid("keyset_file needs root_key to verify it against")
+    if not config.cloud_keys and config.keyset_file is None:
+        raise strict.Invalid("no cloud_keys and no keyset_file: the agent would trust nothing")
 
 
 def _read_file(path: Path) -> dict[str, Any]:
@@ -143,10 +141,6 @@ def load_config(
             data["cloud_keys"] = [_anchor(v, base) for v in data["cloud_keys"]]
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     try:
-        return AgentConfig.model_validate(data)
-    except ValidationError as exc:
-        lines = [
-            f"{'.'.join(str(p) for p in e['loc']) or 'config'}: {e['msg']}"
-            for e in exc.errors(include_url=False)
-        ]
-        raise ConfigError("invalid config: " + "; ".join(lines)) from None
+        return strict.build(AgentConfig, data)
+    except strict.Invalid as exc:
+        raise ConfigError(f"invalid config: {exc}") from None

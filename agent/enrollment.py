@@ -8,20 +8,20 @@ CA certificate of the returned chain, and the key set verifies against the pinne
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, ClassVar, Final
 from urllib.parse import urlsplit
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
 
 from . import keyset
 from .errors import CloudRefusedError, KeySetError, MalformedAnswerError, VerificationError
-from .protocol import topics
+from .protocol import strict, topics
 from .protocol.errors import TopicError
 from .protocol.keys import PublicKey
+from .protocol.strict import Length, Range
 
 ENROLL_PATH: Final = "/v1/enroll"
 RENEW_PATH: Final = "/v1/renew"
@@ -29,19 +29,20 @@ RENEWAL_TYPE: Final = "cert.renewal"
 MAX_ANSWER_BYTES: Final = 64 * 1024
 
 
-class EnrollmentAnswer(BaseModel):
+@dataclass(frozen=True, kw_only=True, slots=True)
+class EnrollmentAnswer(strict.Record):
     """The cloud's ``Enrollment`` object; fields the agent does not use are ignored."""
 
     # Ignored, not refused: an HTTP answer may grow, and everything used is verified.
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+    ignore_unknown: ClassVar[bool] = True
 
-    vid: Annotated[str, Field(max_length=64)]
-    certificate_pem: Annotated[str, Field(min_length=1, max_length=16384)]
-    ca_chain_pem: Annotated[str, Field(min_length=1, max_length=32768)]
-    not_after: AwareDatetime
-    broker_host: Annotated[str, Field(min_length=1, max_length=253)]
-    broker_port: Annotated[int, Field(ge=1, le=65535)]
-    keyset: Annotated[str, Field(min_length=1, max_length=16384)]
+    vid: Annotated[str, Length(max=64)]
+    certificate_pem: Annotated[str, Length(min=1, max=16384)]
+    ca_chain_pem: Annotated[str, Length(min=1, max=32768)]
+    not_after: datetime
+    broker_host: Annotated[str, Length(min=1, max=253)]
+    broker_port: Annotated[int, Range(ge=1, le=65535)]
+    keyset: Annotated[str, Length(min=1, max=16384)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,11 +115,9 @@ def _answer(content: bytes) -> EnrollmentAnswer:
     if len(content) > MAX_ANSWER_BYTES:
         raise MalformedAnswerError(f"answer of {len(content)} bytes is too large")
     try:
-        return EnrollmentAnswer.model_validate_json(content)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "answer"
-        raise MalformedAnswerError(f"malformed answer: {where}: {first['msg']}") from None
+        return strict.build(EnrollmentAnswer, strict.loads(content))
+    except strict.Invalid as exc:
+        raise MalformedAnswerError(f"malformed answer: {exc}") from None
 
 
 def _spki(key: Any) -> bytes:

@@ -13,14 +13,13 @@ know, at most once per ``min_interval_s`` (``fetch_delay``).
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Annotated, Final, Literal
-
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError
+from typing import Annotated, ClassVar, Final, Literal
 
 from .errors import KeySetError
-from .protocol import envelope
+from .protocol import envelope, strict
 from .protocol.errors import ProtocolError
 from .protocol.keys import PublicKey, kid_for, load_public_key
+from .protocol.strict import Length, Pattern, Range
 
 TOPIC: Final = "ctpl/v1/keyset"
 PATH: Final = "/v1/keyset"
@@ -28,33 +27,32 @@ MAX_KEYS: Final = 16
 MAX_ANSWER_BYTES: Final = 32 * 1024
 
 
-class KeyEntry(BaseModel):
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KeyEntry(strict.Record):
     """One cloud signing key and its cut-off."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
-
-    kid: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-    public_key_pem: Annotated[str, Field(min_length=1, max_length=1024)]
-    not_after: AwareDatetime | None = None
+    kid: Annotated[str, Pattern(r"[A-Za-z0-9_-]{1,64}")]
+    public_key_pem: Annotated[str, Length(min=1, max=1024)]
+    not_after: datetime | None = None
 
 
-class KeySetAnswer(BaseModel):
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KeySetAnswer(strict.Record):
     """The answer to ``GET /v1/keyset``; other fields are ignored."""
 
-    model_config = ConfigDict(strict=True, extra="ignore", frozen=True)
+    ignore_unknown: ClassVar[bool] = True
 
-    keyset: Annotated[str, Field(min_length=1, max_length=16384)]
+    keyset: Annotated[str, Length(min=1, max=16384)]
 
 
-class KeySetBody(BaseModel):
+@dataclass(frozen=True, kw_only=True, slots=True)
+class KeySetBody(strict.Record):
     """The body of a key set envelope."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
-
     type: Literal["keyset"]
-    version: Annotated[int, Field(ge=1, le=2**53)]
-    issued_at: AwareDatetime
-    keys: Annotated[tuple[KeyEntry, ...], Field(min_length=1, max_length=MAX_KEYS)]
+    version: Annotated[int, Range(ge=1, le=2**53)]
+    issued_at: datetime
+    keys: Annotated[tuple[KeyEntry, ...], Length(min=1, max=MAX_KEYS)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,11 +88,9 @@ def verify(data: bytes, root: PublicKey, *, held_version: int | None = None) -> 
     except ProtocolError as exc:
         raise KeySetError(f"key set does not verify: {exc}", reason=exc.code) from exc
     try:
-        body = KeySetBody.model_validate_json(body_bytes)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise KeySetError(f"key set body: {where}: {first['msg']}", reason="bad_body") from None
+        body = strict.build(KeySetBody, strict.loads(body_bytes))
+    except strict.Invalid as exc:
+        raise KeySetError(f"key set body: {exc}", reason="bad_body") from None
     if held_version is not None and body.version <= held_version:
         raise KeySetError(
             f"key set version {body.version} is not newer than {held_version}", reason="rollback"
@@ -118,9 +114,10 @@ def from_answer(content: bytes) -> bytes:
     if len(content) > MAX_ANSWER_BYTES:
         raise KeySetError(f"answer over {MAX_ANSWER_BYTES} bytes", reason="bad_answer")
     try:
-        return KeySetAnswer.model_validate_json(content).keyset.encode("utf-8")
-    except (ValidationError, UnicodeEncodeError):
+        answer = strict.build(KeySetAnswer, strict.loads(content))
+    except strict.Invalid:
         raise KeySetError("the answer holds no key set", reason="bad_answer") from None
+    return answer.keyset.encode("utf-8")
 
 
 def fetch_delay(last_fetch_at: float | None, now: float, min_interval_s: float) -> float:

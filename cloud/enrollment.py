@@ -20,11 +20,13 @@ from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationErro
 
 from agent.protocol.envelope import MAX_ENVELOPE_BYTES
 from agent.protocol.keys import PublicKey, b64url
-from agent.protocol.messages import Seq, Vid
 from agent.protocol.topics import PREFIX, VID_RE
 
 from .errors import Refused
 from .pki import new_vid
+
+Vid = Annotated[str, Field(pattern=f"^{VID_RE.pattern}$")]
+Seq = Annotated[int, Field(ge=1, le=2**53)]
 
 MAX_REQUEST_BYTES: Final = 16 * 1024
 OPERATOR_PREFIX: Final = "op_"

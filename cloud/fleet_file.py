@@ -3,17 +3,19 @@
 import json
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import TypeVar
+from typing import Annotated, TypeVar
 
 from cryptography import x509
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from agent.protocol.keys import load_public_key
-from agent.protocol.messages import Vid
+from agent.protocol.topics import VID_RE
 
 from .errors import FleetFileError
 from .policy import PolicyRecord
 from .store import Store
+
+Vid = Annotated[str, Field(pattern=f"^{VID_RE.pattern}$")]
 
 T = TypeVar("T")
 

@@ -15,6 +15,7 @@ the stored envelope is verified once more here afterwards. Figures come from
 """
 
 import asyncio
+import dataclasses
 import json
 import os
 import sqlite3
@@ -45,8 +46,7 @@ IMPORT_LADDER: Final = (
     ("Python, nothing imported", ""),
     ("+ asyncio, ssl, sqlite3, logging", "import asyncio, ssl, sqlite3, logging"),
     ("+ cryptography (x509, EC)", "from cryptography import x509; from cryptography.hazmat.primitives.asymmetric import ec"),  # noqa: E501
-    ("+ pydantic", "import pydantic"),
-    ("+ agent.protocol (message models)", "import agent.protocol.messages, agent.protocol.envelope"),  # noqa: E501
+    ("+ agent.protocol (message records)", "import agent.protocol.messages, agent.protocol.envelope"),  # noqa: E501
     ("+ paho-mqtt, aiomqtt", "import aiomqtt"),
     ("+ aiosqlite", "import aiosqlite"),
     ("+ agent.runner (the rest of the agent)", "import agent.runner"),
@@ -184,7 +184,7 @@ def write_agent_config(pki: DevPki, vid: str, workdir: Path, broker_port: int) -
     config = car_config(pki, vid, workdir, broker_port)
     path = workdir / vid / "agent.toml"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(dumps_toml(config.model_dump(mode="json", exclude_none=True)))
+    path.write_text(dumps_toml(dataclasses.asdict(config)))
     return path
 
 

@@ -1,24 +1,27 @@
-"""Message bodies of wire contract v1: strict pydantic models.
+"""Message bodies of wire contract v1: strict frozen records (agent/protocol/strict.py).
 
 Every body carries ``type``, ``vid`` and ``seq`` (a per-sender counter that only
 grows). Cloud bodies add ``version`` (per vehicle, only grows), ``issued_at`` and
 ``fresh_until``. Unknown fields and wrong JSON types are refused; bodies are at
-most ``MAX_BODY_BYTES``.
+most ``MAX_BODY_BYTES``; date-times must carry an offset. Building a body with a value
+that breaks its schema raises BodyError; ``dataclasses.replace`` gives a changed copy,
+checked the same way.
 """
 
-from datetime import date
-from typing import Annotated, Any, Final, Literal
+from dataclasses import dataclass
+from datetime import date, datetime
+from typing import Annotated, Final, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
-
+from . import strict, topics
 from .envelope import MAX_BODY_BYTES
 from .errors import BodyError
+from .strict import Length, Pattern, Range
 
-Vid = Annotated[str, Field(pattern=r"^v[0-9a-z]{7,39}$")]
-Seq = Annotated[int, Field(ge=1, le=2**53)]
-ShortText = Annotated[str, Field(min_length=1, max_length=64)]
+Vid = Annotated[str, Pattern(topics.VID_RE.pattern)]
+Seq = Annotated[int, Range(ge=1, le=2**53)]
+ShortText = Annotated[str, Length(min=1, max=64)]
 PolicyStatus = Literal["active", "expiring", "lapsed", "unknown", "renewal_pending"]
-IntentId = Annotated[str, Field(pattern=r"^[0-9a-f]{32}$")]
+IntentId = Annotated[str, Pattern(r"[0-9a-f]{32}")]
 """An intent's idempotency key: 128 random bits in lowercase hex, chosen by the car."""
 RenewalAction = Literal["quote", "accept", "decline", "already_renewed"]
 VehicleEventKind = Literal[
@@ -48,56 +51,66 @@ ERROR_CODES: Final = frozenset(
 )
 
 
-class _Body(BaseModel):
-    model_config = ConfigDict(strict=True, extra="forbid", frozen=True)
-
+@dataclass(frozen=True, kw_only=True, slots=True)
+class _Body(strict.Record):
     type: str
     vid: Vid
     seq: Seq
 
+    def __post_init__(self) -> None:
+        try:
+            strict.check(self)
+        except strict.Invalid as exc:
+            raise BodyError(f"{self.__class__.__name__}.{exc}") from None
 
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class StatusRequest(_Body):
     """car → cloud: send me my current policy state."""
 
     type: Literal["status.request"] = "status.request"
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
 class PolicyState(_Body):
     """cloud → car: the current signed policy state (retained)."""
 
     type: Literal["policy.state"] = "policy.state"
-    version: Annotated[int, Field(ge=1, le=2**53)]
-    issued_at: AwareDatetime
-    fresh_until: AwareDatetime
+    version: Annotated[int, Range(ge=1, le=2**53)]
+    issued_at: datetime
+    fresh_until: datetime
     reply_to: Seq | None = None
     status: PolicyStatus
     insurer_code: ShortText | None = None
     insurer_name: ShortText | None = None
-    policy_no_masked: Annotated[str, Field(pattern=r"^[A-Z0-9*]{4,32}$")] | None = None
+    policy_no_masked: Annotated[str, Pattern(r"[A-Z0-9*]{4,32}")] | None = None
     coverage_start: date | None = None
     coverage_end: date | None = None
     source: ShortText
-    verified_at: AwareDatetime | None = None
+    verified_at: datetime | None = None
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ErrorReply(_Body):
     """cloud → car: a request was rejected; ``code`` is stable, ``message`` for humans."""
 
     type: Literal["error"] = "error"
     reply_to: Seq | None = None
     code: ShortText
-    message: Annotated[str, Field(max_length=256)]
+    message: Annotated[str, Length(max=256)]
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
 class RenewalRequest(_Body):
     """car → cloud (an intent): quote, accept (naming a quote), decline, already renewed."""
 
     type: Literal["renewal.request"] = "renewal.request"
     intent_id: IntentId
     action: RenewalAction
-    quote_id: Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")] | None = None
+    quote_id: Annotated[str, Pattern(r"[A-Za-z0-9_-]{1,64}")] | None = None
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
 class VehicleEvent(_Body):
     """car → cloud (an intent): something the fleet should know happened in the car.
 
@@ -107,10 +120,11 @@ class VehicleEvent(_Body):
     type: Literal["vehicle.event"] = "vehicle.event"
     intent_id: IntentId
     event: VehicleEventKind
-    at: AwareDatetime | None = None
-    detail: Annotated[str, Field(max_length=128)] | None = None
+    at: datetime | None = None
+    detail: Annotated[str, Length(max=128)] | None = None
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
 class IntentReceipt(_Body):
     """cloud → car: the intent ``intent_id`` is durably recorded (once, however often sent).
 
@@ -120,25 +134,23 @@ class IntentReceipt(_Body):
     type: Literal["intent.receipt"] = "intent.receipt"
     reply_to: Seq
     intent_id: IntentId
-    issued_at: AwareDatetime
+    issued_at: datetime
 
 
 Intent = RenewalRequest | VehicleEvent
 AnyBody = StatusRequest | PolicyState | ErrorReply | RenewalRequest | VehicleEvent | IntentReceipt
-Body = Annotated[AnyBody, Field(discriminator="type")]
-_BODY: Final[TypeAdapter[AnyBody]] = TypeAdapter(Body)
+_BY_TYPE: Final[dict[str, type[AnyBody]]] = {
+    str(cls.__dataclass_fields__["type"].default): cls
+    for cls in (StatusRequest, PolicyState, ErrorReply, RenewalRequest, VehicleEvent, IntentReceipt)
+}
 
 
 def encode(body: _Body) -> bytes:
     """The exact JSON bytes of ``body`` (fields in declaration order, no spaces)."""
-    data = body.__pydantic_serializer__.to_json(body)
+    data = strict.dumps(body)
     if len(data) > MAX_BODY_BYTES:
         raise BodyError(f"body of {len(data)} bytes exceeds {MAX_BODY_BYTES}")
     return data
-
-
-def _first_error(exc: ValidationError) -> dict[str, Any]:
-    return dict(exc.errors(include_url=False, include_input=False)[0])
 
 
 def decode(data: bytes) -> AnyBody:
@@ -146,9 +158,16 @@ def decode(data: bytes) -> AnyBody:
     if len(data) > MAX_BODY_BYTES:
         raise BodyError(f"body of {len(data)} bytes exceeds {MAX_BODY_BYTES}")
     try:
-        return _BODY.validate_json(data)
-    except ValidationError as exc:
-        err = _first_error(exc)
-        where = ".".join(str(p) for p in err.get("loc", ()))
-        code = "unsupported_type" if err.get("type") == "union_tag_invalid" else "bad_body"
-        raise BodyError(f"{where or 'body'}: {err.get('msg', 'invalid')}", code=code) from None
+        obj = strict.loads(data)
+    except strict.Invalid as exc:
+        raise BodyError(f"body: {exc}") from None
+    if not isinstance(obj, dict) or "type" not in obj:
+        raise BodyError("body: should be an object with a type")
+    tag = obj["type"]
+    cls = _BY_TYPE.get(tag) if isinstance(tag, str) else None
+    if cls is None:
+        raise BodyError("type: not a body type of contract v1", code="unsupported_type")
+    try:
+        return strict.build(cls, obj)
+    except strict.Invalid as exc:
+        raise BodyError(f"{cls.__name__}.{exc}") from None

@@ -1,10 +1,11 @@
 """Loading the agent's config from TOML or JSON plus overrides."""
 
+import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
-from pydantic import ValidationError
 
 from agent.config import AgentConfig, load_config
 from agent.errors import ConfigError
@@ -107,6 +108,57 @@ def test_config_is_frozen(tmp_path: Path) -> None:
     path = tmp_path / "agent.toml"
     path.write_text(TOML)
     config = load_config(path)
-    with pytest.raises(ValidationError):
+    with pytest.raises(dataclasses.FrozenInstanceError):
         config.vid = "vbbbbbbbbbbbbbbb2"  # type: ignore[misc]
     assert isinstance(config, AgentConfig)
+    assert hash(config) == hash(load_config(path))
+
+
+BASE: dict[str, Any] = {
+    "vid": VID,
+    "key_file": "k",
+    "cert_file": "c",
+    "ca_file": "a",
+    "cloud_keys": ["p"],
+    "db_path": "d",
+}
+
+
+def test_built_directly_paths_from_text_and_numbers_widened() -> None:
+    config = AgentConfig(**BASE | {"status_interval_s": 600, "cloud_url": "https://a.example/"})
+    assert (config.key_file, config.cloud_keys) == (Path("k"), (Path("p"),))
+    assert config.status_interval_s == 600.0 and isinstance(config.status_interval_s, float)
+    assert config.cloud_url == "https://a.example"
+    assert dataclasses.replace(config, broker_port=1).broker_port == 1
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"vid": "LSIMCAR0000000001"}, "vid"),
+        ({"broker_port": 65536}, "broker_port"),
+        ({"broker_port": "8883"}, "broker_port"),
+        ({"broker_port": 8883.0}, "broker_port"),
+        ({"keepalive_s": True}, "keepalive_s"),
+        ({"status_interval_s": "600"}, "status_interval_s"),
+        ({"status_interval_s": float("nan")}, "status_interval_s"),
+        ({"broker_host": 5}, "broker_host"),
+        ({"key_file": 5}, "key_file"),
+        ({"cloud_keys": "p"}, "cloud_keys"),
+        ({"cloud_keys": ["p", 1]}, r"cloud_keys\.1"),
+        ({"cloud_url": "http://a.example"}, "cloud_url"),
+        ({"keyset_file": "ks"}, "root_key"),
+    ],
+)
+def test_values_of_the_wrong_type_or_range_are_config_errors(
+    change: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ConfigError, match=message):
+        AgentConfig(**BASE | change)
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, BASE | change)
+
+
+def test_a_missing_setting_is_named() -> None:
+    with pytest.raises(ConfigError, match="db_path: missing"):
+        load_config(None, {k: v for k, v in BASE.items() if k != "db_path"})

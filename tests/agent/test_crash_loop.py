@@ -14,7 +14,6 @@ power cut also relies on ``synchronous=FULL``.
 
 import asyncio
 import contextlib
-import json
 import random
 import signal
 import sqlite3
@@ -22,14 +21,14 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
 
 import paho.mqtt.client as mqtt
 
-from agent.config import AgentConfig
+from agent.config import AgentConfig, dumps_toml
 from agent.errors import NotRunningError
 from agent.protocol import envelope, messages, topics
 from agent.protocol.keys import PublicKey, kid_for, load_public_key
@@ -88,7 +87,7 @@ class StreamingCloud:
         self.version += 1
         state = self.make_state(self.vid, version=self.version, seq=self.version)
         if reply_to is not None:
-            state = state.model_copy(update={"reply_to": reply_to})
+            state = replace(state, reply_to=reply_to)
         payload = self.cloud.seal_state(state)
         return self.cloud.client.publish(topics.down(self.vid, "policy"), payload, qos=1)
 
@@ -191,12 +190,7 @@ def inspect(db: Path, vid: str, key: PublicKey) -> Left:
 
 def write_toml(config: AgentConfig, path: Path) -> Path:
     """The config as the TOML file ``ctpl-agent run --config`` reads."""
-    path.write_text(
-        "\n".join(
-            f"{name} = {json.dumps([str(p) for p in value] if name == 'cloud_keys' else value)}"
-            for name, value in config.model_dump(mode="json", exclude_none=True).items()
-        )
-    )
+    path.write_text(dumps_toml(asdict(config)))
     return path
 
 

@@ -1,6 +1,9 @@
-"""The agent's import lines: one module per library, and nothing from cloud/ or simulator/."""
+"""The agent's import lines: one module per library, nothing from cloud/ or simulator/,
+and no pydantic (about 12 MiB resident, against a 45 MB budget; the cloud may use it)."""
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ OWNERS = {
 }
 FORBIDDEN = {"cloud", "simulator"}
 MODULES = sorted(p for p in AGENT.glob("*.py"))
+EVERY_MODULE = sorted(AGENT.rglob("*.py"))
 
 
 def top_level_imports(path: Path) -> set[str]:
@@ -33,3 +37,20 @@ def test_imports(path: Path) -> None:
     for library, owner in OWNERS.items():
         if library in names:
             assert path.name == owner, f"{path.name} imports {library}; only {owner} may"
+
+
+@pytest.mark.parametrize("path", EVERY_MODULE, ids=lambda p: str(p.relative_to(AGENT)))
+def test_no_agent_module_imports_pydantic(path: Path) -> None:
+    assert not top_level_imports(path) & {"pydantic", "pydantic_core"}
+
+
+def test_the_agent_process_does_not_load_pydantic() -> None:
+    """What ``ctpl-agent run`` imports, in a fresh interpreter: no library pulls it in either."""
+    code = (
+        "import sys, agent.runner, agent.cli\n"
+        "print(sorted(m for m in sys.modules if m.startswith('pydantic')))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=AGENT.parent, check=True, capture_output=True, text=True
+    )
+    assert out.stdout.strip() == "[]"

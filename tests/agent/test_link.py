@@ -1,6 +1,7 @@
 """The agent against a real Mosquitto (mTLS, the shipped ACL) and a raw paho fake cloud."""
 
 import asyncio
+import dataclasses
 import json
 import signal
 import sys
@@ -9,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from agent.config import dumps_toml
 from agent.errors import NotConnectedError, StateTimeoutError
 from agent.link import TCP_KEEPCNT, TCP_KEEPIDLE_S, TCP_KEEPINTVL_S, open_link, tls_context
 from agent.protocol import envelope, messages, topics
@@ -276,12 +278,7 @@ async def test_run_command_syncs_and_stops_on_sigterm(
 ) -> None:
     config = make_config()
     toml = tmp_path / "agent.toml"
-    toml.write_text(
-        "\n".join(
-            f"{name} = {json.dumps([str(p) for p in value] if name == 'cloud_keys' else value)}"
-            for name, value in config.model_dump(mode="json", exclude_none=True).items()
-        )
-    )
+    toml.write_text(dumps_toml(dataclasses.asdict(config)))
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "agent", "run", "--config", str(toml), "--log-level", "WARNING",
         stderr=asyncio.subprocess.PIPE,

@@ -12,7 +12,7 @@ import stat
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -213,7 +213,7 @@ class Car:
     vid: str
 
     def settings(self, **changes: Any) -> AgentConfig:
-        return self.config.model_copy(update=changes)
+        return replace(self.config, **changes)
 
 
 def enrolled_car(
@@ -356,7 +356,7 @@ async def test_no_cloud_url_no_renewal(old_car: Car) -> None:
 
 
 def write_config(car: Car, path: Path) -> Path:
-    path.write_text(dumps_toml(car.config.model_dump(exclude_none=True)))
+    path.write_text(dumps_toml(asdict(car.config)))
     return path
 
 

@@ -1,6 +1,7 @@
 """End to end: real agents, a real cloud worker, the real broker with TLS and the ACL."""
 
 import asyncio
+import dataclasses
 import subprocess
 import sys
 import time
@@ -83,8 +84,8 @@ async def test_a_request_nobody_answered_is_asked_again_until_the_cloud_answers(
 ) -> None:
     """The broker drops a request when no worker is subscribed; the car must not wait an hour."""
     vid = shared_pki.vids()[9]
-    config = car_config(shared_pki, vid, tmp_path / "cars", shared_broker.port).model_copy(
-        update={"reply_timeout_s": 0.2}
+    config = dataclasses.replace(
+        car_config(shared_pki, vid, tmp_path / "cars", shared_broker.port), reply_timeout_s=0.2
     )
     agent = Agent(config)
     task = asyncio.create_task(agent.run())
