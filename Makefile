@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: bootstrap demo test lint format bench clean
+.PHONY: bootstrap mosquitto chromium demo test lint format bench clean
 
 bootstrap: $(STAMP) mosquitto
 
@@ -27,10 +27,17 @@ mosquitto:
 	  echo "Installing Mosquitto with apt-get"; \
 	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends mosquitto; }
 
+# Chromium from Debian's packages for the head-unit and dashboard browser tests
+# (Playwright drives it; Playwright's own browser download is not used).
+chromium:
+	@command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || { \
+	  echo "Installing Chromium with apt-get"; \
+	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
+
 demo: bootstrap
 	$(BIN)/ctpl-sim demo --cars 20
 
-test: bootstrap
+test: bootstrap chromium
 	$(BIN)/pytest
 
 lint: bootstrap
