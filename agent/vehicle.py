@@ -10,36 +10,22 @@ The OBD-II adapter (python-OBD over an ELM327) lives in ``obd_bus`` and is impor
 when configured: python-OBD pulls in pint, which would double the agent's memory.
 """
 
-import hashlib
-import re
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Protocol
 
+from .protocol.vin import VIN_RE, VinError, check_vin, vin_digest
 from .reminders import Vehicle
 
-VIN_RE: Final = re.compile(r"[A-HJ-NPR-Z0-9]{17}")
-"""A VIN: 17 letters and digits, never I, O or Q (ISO 3779)."""
-
-
-class VinError(ValueError):
-    """Text that is not a VIN."""
-
-
-def check_vin(text: str) -> str:
-    """The VIN in ``text`` (spaces and NULs trimmed, upper-cased); raise VinError if none."""
-    vin = text.strip().strip("\x00").strip().upper()
-    if VIN_RE.fullmatch(vin) is None:
-        raise VinError("not a 17-character VIN")
-    return vin
-
-
-def vin_digest(vid: str, vin: str) -> str:
-    """What a ``policy.state`` carries instead of the VIN: SHA-256 over the vid and VIN.
-
-    Salted by the vid, so that it is no identifier across cars; it lets the car check the
-    VIN it reads off the bus against the policy's without the VIN crossing the broker.
-    """
-    return hashlib.sha256(f"ctpl-vin/1\n{vid}\n{check_vin(vin)}".encode()).hexdigest()
+__all__ = [
+    "VIN_RE",
+    "Reading",
+    "Signals",
+    "SimulatedBus",
+    "VehicleBus",
+    "VinError",
+    "check_vin",
+    "vin_digest",
+]
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,6 +100,7 @@ class VehicleRow:
     fleet_id: str | None
     revoked_at: datetime | None
     renew_seq: int
+    vin: str | None = None
 
 
 # ---- request and response bodies -------------------------------------------------

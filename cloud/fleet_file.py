@@ -12,7 +12,7 @@ from agent.protocol.keys import load_public_key
 from agent.protocol.topics import VID_RE
 
 from .errors import FleetFileError
-from .policy import PolicyRecord
+from .policy import PolicyRecord, mask_plate
 from .store import Store
 
 Vid = Annotated[str, Field(pattern=f"^{VID_RE.pattern}$")]
@@ -40,10 +40,14 @@ class _PolicyFields(BaseModel):
     coverage_end: date
     source: str = Field(min_length=1, max_length=64)
     verified_at: AwareDatetime
+    plate: str | None = Field(default=None, min_length=2, max_length=16)
+    """The plate in clear; the store keeps it masked only."""
 
     def record(self, vid: str) -> PolicyRecord:
-        """As the store's record for ``vid``."""
-        return PolicyRecord(vid=vid, **self.model_dump(exclude={"vid", "vin"}))
+        """As the store's record for ``vid`` (the plate masked)."""
+        fields = self.model_dump(exclude={"vid", "vin", "plate"})
+        plate = None if self.plate is None else mask_plate(self.plate)
+        return PolicyRecord(vid=vid, plate_masked=plate, **fields)
 
 
 class PolicyEntry(_PolicyFields):

@@ -42,6 +42,8 @@ class VehicleState:
     """Version of the last policy.state issued; grows when its content changes."""
     content_key: str = ""
     """Digest of that version's content."""
+    vin_digest: str | None = None
+    """``agent.protocol.vin.vin_digest`` of the registered VIN, told in every state."""
 
     def row(self, vid: str) -> "CounterRow":
         """A snapshot of the counters for the store."""
@@ -199,6 +201,9 @@ class RequestHandler:
             coverage_end=content.coverage_end,
             source=content.source,
             verified_at=content.verified_at,
+            plate_masked=content.plate_masked,
+            claims_phone=content.claims_phone,
+            vin_digest=vehicle.vin_digest,
         )
         return Reply(topics.down(vid, "policy"), body, retain=True)
 

@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Literal
+from typing import Final, Literal
 
 from agent.protocol import calendar
 
@@ -22,6 +22,29 @@ class PolicyRecord:
     source: str
     verified_at: datetime
     override: Override | None = None
+    plate_masked: str | None = None
+    """The plate, masked (``mask_plate``); the cloud keeps no clear plate in this record."""
+
+
+CLAIMS_PHONES: Final = {
+    "PICC": "95518",
+    "PAIC": "95511",
+    "CPIC": "95500",
+    "CLPC": "95519",
+    "SSAIC": "95510",
+    "TPIC": "95589",
+    "CCIC": "95590",
+}
+"""Claims hotlines by insurer code, for the e-policy card."""
+
+
+def mask_plate(plate: str) -> str:
+    """A plate as screens and logs may show it: province and letter, then ``·****`` and
+    the last character (``沪A12345`` → ``沪A·****5``); a short plate keeps only its first."""
+    plate = plate.strip().replace("·", "").replace(" ", "")
+    if len(plate) < 4:
+        return plate[:1] + "·****"
+    return f"{plate[:2]}·****{plate[-1]}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +59,8 @@ class StateContent:
     coverage_end: date | None
     source: str
     verified_at: datetime | None
+    plate_masked: str | None = None
+    claims_phone: str | None = None
 
 
 UNKNOWN = StateContent("unknown", None, None, None, None, None, "none", None)
@@ -68,4 +93,6 @@ def content_of(
         coverage_end=record.coverage_end,
         source=record.source,
         verified_at=record.verified_at,
+        plate_masked=record.plate_masked,
+        claims_phone=CLAIMS_PHONES.get(record.insurer_code),
     )

@@ -22,6 +22,7 @@ from typing import Final, Self
 import aiosqlite
 
 from agent.protocol.keys import PublicKey, kid_for, load_public_key, public_pem
+from agent.protocol.vin import VinError, vin_digest
 
 from .enrollment import ClaimRow, FleetRow, VehicleRow
 from .errors import StoreError
@@ -48,7 +49,8 @@ CREATE TABLE IF NOT EXISTS policies (
     coverage_end TEXT NOT NULL,
     source TEXT NOT NULL,
     verified_at TEXT NOT NULL,
-    override TEXT
+    override TEXT,
+    plate_masked TEXT
 ) STRICT;
 CREATE TABLE IF NOT EXISTS policy_seeds (
     vin TEXT PRIMARY KEY,
@@ -58,7 +60,8 @@ CREATE TABLE IF NOT EXISTS policy_seeds (
     coverage_start TEXT NOT NULL,
     coverage_end TEXT NOT NULL,
     source TEXT NOT NULL,
-    verified_at TEXT NOT NULL
+    verified_at TEXT NOT NULL,
+    plate_masked TEXT
 ) STRICT;
 CREATE TABLE IF NOT EXISTS counters (
     vid TEXT PRIMARY KEY REFERENCES vehicles(vid),
@@ -107,6 +110,20 @@ _ADDED_VEHICLE_COLUMNS: Final = {
     "renew_seq": "INTEGER NOT NULL DEFAULT 0",
 }
 """Columns a store made before enrollment lacks; added when it is opened."""
+_ADDED_COLUMNS: Final = {
+    "vehicles": _ADDED_VEHICLE_COLUMNS,
+    "policies": {"plate_masked": "TEXT"},
+    "policy_seeds": {"plate_masked": "TEXT"},
+}
+"""Per table: columns an older store lacks (appended, so column order stays stable)."""
+
+
+def vin_digest_of(vid: str, vin: str | None) -> str | None:
+    """The digest a policy.state carries for a registered VIN (None without a valid one)."""
+    try:
+        return None if vin is None else vin_digest(vid, vin)
+    except VinError:
+        return None
 
 
 def _ts(t: datetime) -> str:
@@ -140,11 +157,12 @@ class Store:
             await db.execute("PRAGMA synchronous=FULL")
             await db.execute("PRAGMA foreign_keys=ON")
             await db.executescript(_SCHEMA)
-            async with db.execute("PRAGMA table_info(vehicles)") as cur:
-                have = {row[1] async for row in cur}
-            for column, decl in _ADDED_VEHICLE_COLUMNS.items():
-                if column not in have:
-                    await db.execute(f"ALTER TABLE vehicles ADD COLUMN {column} {decl}")
+            for table, added in _ADDED_COLUMNS.items():
+                async with db.execute(f"PRAGMA table_info({table})") as cur:
+                    have = {row[1] async for row in cur}
+                for column, decl in added.items():
+                    if column not in have:
+                        await db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
             await db.commit()
         except (aiosqlite.Error, OSError) as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc
@@ -174,7 +192,7 @@ class Store:
     async def put_policy(self, r: PolicyRecord) -> None:
         """Insert or replace the policy of ``r.vid``."""
         await self._write(
-            "INSERT OR REPLACE INTO policies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO policies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     r.vid,
@@ -186,6 +204,7 @@ class Store:
                     r.source,
                     r.verified_at.isoformat(),
                     r.override,
+                    r.plate_masked,
                 )
             ],
         )
@@ -225,14 +244,14 @@ class Store:
         out: dict[str, VehicleState] = {}
         sql = (
             "SELECT v.vid, v.kid, v.public_key_pem, c.last_seq, c.down_seq, c.version, "
-            "c.content_key FROM vehicles v LEFT JOIN counters c ON c.vid = v.vid "
+            "c.content_key, v.vin FROM vehicles v LEFT JOIN counters c ON c.vid = v.vid "
             "WHERE v.revoked_at IS NULL"
         )
         try:
             # Under the lock: a read left open on this connection while another coroutine
             # begins a write would pin an old snapshot and make that write fail at once.
             async with self._lock, self._db.execute(sql) as cur:
-                async for vid, kid, pem, last, down, version, ckey in cur:
+                async for vid, kid, pem, last, down, version, ckey, vin in cur:
                     out[vid] = VehicleState(
                         kid=kid,
                         key=load_public_key(pem),
@@ -240,6 +259,7 @@ class Store:
                         down_seq=down or 0,
                         version=version or 0,
                         content_key=ckey or "",
+                        vin_digest=vin_digest_of(vid, vin),
                     )
         except aiosqlite.Error as exc:
             raise StoreError(f"cannot load vehicles: {exc}") from exc
@@ -254,7 +274,7 @@ class Store:
         try:
             async with self._lock, self._db.execute(sql, args) as cur:
                 async for row in cur:
-                    vid_, code, name, no, start, end, source, verified, override = row
+                    vid_, code, name, no, start, end, source, verified, override, plate = row
                     out[vid_] = PolicyRecord(
                         vid=vid_,
                         insurer_code=code,
@@ -265,6 +285,7 @@ class Store:
                         source=source,
                         verified_at=datetime.fromisoformat(verified),
                         override=override,
+                        plate_masked=plate,
                     )
         except aiosqlite.Error as exc:
             raise StoreError(f"cannot load policies: {exc}") from exc
@@ -276,12 +297,12 @@ class Store:
         A stand-in for looking the policy up by VIN at the authoritative sources.
         """
         await self._write(
-            "INSERT OR REPLACE INTO policy_seeds VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO policy_seeds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     vin, r.insurer_code, r.insurer_name, r.policy_no_masked,
                     r.coverage_start.isoformat(), r.coverage_end.isoformat(), r.source,
-                    r.verified_at.isoformat(),
+                    r.verified_at.isoformat(), r.plate_masked,
                 )
             ],
         )  # fmt: skip
@@ -292,7 +313,8 @@ class Store:
             await db.execute(
                 "INSERT OR REPLACE INTO policies SELECT v.vid, s.insurer_code, s.insurer_name, "
                 "s.policy_no_masked, s.coverage_start, s.coverage_end, s.source, s.verified_at, "
-                "NULL FROM vehicles v JOIN policy_seeds s ON s.vin = v.vin WHERE v.vid = ?",
+                "NULL, s.plate_masked "
+                "FROM vehicles v JOIN policy_seeds s ON s.vin = v.vin WHERE v.vid = ?",
                 (vid,),
             )
         return (await self.load_policies(vid)).get(vid)
@@ -458,12 +480,12 @@ class Store:
     async def vehicle(self, vid: str) -> VehicleRow | None:
         """The enrollment state of ``vid``, if registered."""
         rows = await self._rows(
-            "SELECT fleet_id, revoked_at, renew_seq FROM vehicles WHERE vid = ?", (vid,)
+            "SELECT fleet_id, revoked_at, renew_seq, vin FROM vehicles WHERE vid = ?", (vid,)
         )
         if not rows:
             return None
-        fleet_id, revoked_at, renew_seq = rows[0]
-        return VehicleRow(vid, fleet_id, _dt(revoked_at), renew_seq)
+        fleet_id, revoked_at, renew_seq, vin = rows[0]
+        return VehicleRow(vid, fleet_id, _dt(revoked_at), renew_seq, vin)
 
     async def vehicle_keys(self, vid: str, now: datetime) -> dict[str, PublicKey]:
         """By kid: ``vid``'s registered key and the keys of its certificates still valid."""

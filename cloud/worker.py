@@ -31,7 +31,7 @@ from .link import MqttLink, tls_context
 from .pki import CertificateAuthority
 from .revocation import BrokerControl, sighup_from_pid_file
 from .signing_keys import load_signing_keys
-from .store import Store
+from .store import Store, vin_digest_of
 
 log = logging.getLogger(__name__)
 RECONNECT_CAP_S = 30.0
@@ -126,9 +126,12 @@ class Worker:
         assert self.handler is not None
         state = self.handler.vehicles.get(vid)
         if state is None:
-            self.handler.vehicles[vid] = VehicleState(kid=kid_for(key), key=key)
+            state = self.handler.vehicles[vid] = VehicleState(kid=kid_for(key), key=key)
         else:
             state.kid, state.key = kid_for(key), key
+        if self._store is not None:
+            row = await self._store.vehicle(vid)
+            state.vin_digest = vin_digest_of(vid, None if row is None else row.vin)
         if vid not in self.handler.policies and self._store is not None:
             record = await self._store.adopt_policy_seed(vid)
             if record is not None:

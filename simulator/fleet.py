@@ -31,9 +31,15 @@ def synthetic_policies(ids: list[str], now: datetime, key: str = "vid") -> list[
                 "coverage_end": end.isoformat(),
                 "source": "national",
                 "verified_at": now.isoformat(),
+                "plate": synthetic_plate(i),
             }
         )
     return rows
+
+
+def synthetic_plate(i: int) -> str:
+    """The plate of simulated car number ``i`` (a Shanghai plate)."""
+    return f"沪A{(i * 7919) % 100000:05d}"
 
 
 def synthetic_vin(i: int) -> str:

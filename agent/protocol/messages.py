@@ -10,7 +10,7 @@ checked the same way.
 
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Annotated, Final, Literal
+from typing import Annotated, ClassVar, Final, Literal
 
 from . import strict, topics
 from .envelope import MAX_BODY_BYTES
@@ -88,6 +88,17 @@ class PolicyState(_Body):
     coverage_end: date | None = None
     source: ShortText
     verified_at: datetime | None = None
+    plate_masked: Annotated[str, Length(min=2, max=16)] | None = None
+    """The plate as the e-policy card shows it, already masked by the cloud (沪A·****8)."""
+    claims_phone: Annotated[str, Pattern(r"[0-9+\-]{3,20}")] | None = None
+    """The insurer's claims hotline."""
+    vin_digest: Annotated[str, Pattern(r"[0-9a-f]{64}")] | None = None
+    """``agent.vehicle.vin_digest(vid, VIN)`` of the insured vehicle: the car checks the
+    VIN it reads against it without the VIN crossing the broker."""
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset(
+        {"plate_masked", "claims_phone", "vin_digest"}
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -73,6 +73,9 @@ class Record:
     __slots__ = ()
     ignore_unknown: ClassVar[bool] = False
     """``build`` ignores keys that are not fields (else refuses them)."""
+    omit_when_none: ClassVar[frozenset[str]] = frozenset()
+    """Fields ``dumps`` leaves out while None (fields added later, so that records
+    without them keep their earlier bytes)."""
 
     def __post_init__(self) -> None:
         check(self)
@@ -375,7 +378,12 @@ def datetime_text(value: datetime) -> str:
 
 def _plain(value: Any) -> Any:
     if isinstance(value, Record):
-        return {name: _plain(getattr(value, name)) for name in _rules(type(value))}
+        omit = value.omit_when_none
+        return {
+            name: _plain(getattr(value, name))
+            for name in _rules(type(value))
+            if name not in omit or getattr(value, name) is not None
+        }
     if isinstance(value, datetime):
         return datetime_text(value)
     if isinstance(value, date):

@@ -105,6 +105,25 @@ def test_optional_fields_are_written_as_null_not_left_out() -> None:
     assert messages.encode(messages.decode(data)) == data
 
 
+def test_card_fields_added_later_are_left_out_while_unset_and_round_trip_when_set() -> None:
+    # States without them keep their earlier bytes (the golden vectors hold).
+    assert b"plate_masked" not in POLICY_BYTES and messages.encode(POLICY) == POLICY_BYTES
+    card = dataclasses.replace(
+        POLICY, plate_masked="沪A·****8", claims_phone="95518", vin_digest="ab" * 32
+    )
+    data = messages.encode(card)
+    assert data.endswith(b'"plate_masked":"\xe6\xb2\xaaA\xc2\xb7****8","claims_phone":"95518",'
+                         b'"vin_digest":"' + b"ab" * 32 + b'"}')  # fmt: skip
+    assert messages.decode(data) == card
+    for field, bad in [
+        ("claims_phone", "call us"),
+        ("vin_digest", "AB" * 32),
+        ("plate_masked", ""),
+    ]:
+        with pytest.raises(BodyError):
+            messages.decode(_policy(**{field: bad}))
+
+
 def test_non_ascii_text_is_utf8_not_escaped() -> None:
     assert "中国人民财产保险".encode() in messages.encode(POLICY)
     assert b"\\u" not in messages.encode(POLICY)

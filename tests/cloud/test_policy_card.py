@@ -1,0 +1,65 @@
+"""What a policy.state carries for the e-policy card and the VIN check."""
+
+import sqlite3
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+
+from agent.protocol import messages
+from agent.protocol.vin import VinError, check_vin, mask_vin, vin_digest
+from cloud.handler import VehicleState
+from cloud.policy import mask_plate
+from cloud.store import Store
+
+from .test_handler import CAR_KEY, NOW, VID, make_handler, policy, request
+
+VIN = "LSGCAR00000000007"
+
+
+@pytest.mark.parametrize(
+    ("plate", "masked"),
+    [("沪A12345", "沪A·****5"), ("沪A·12345", "沪A·****5"), (" 京B D1234F ", "京B·****F"),
+     ("粤Z", "粤·****")],
+)  # fmt: skip
+def test_plates_are_masked_to_province_letter_and_last(plate: str, masked: str) -> None:
+    assert mask_plate(plate) == masked
+
+
+def test_vin_checks_digest_and_mask() -> None:
+    assert check_vin(f" {VIN.lower()}\x00") == VIN
+    for bad in ("LSGCAR0000000000I", "SHORT", "LSGCAR000000000077"):
+        with pytest.raises(VinError):
+            check_vin(bad)
+    digest = vin_digest(VID, VIN)
+    assert len(digest) == 64 and digest != vin_digest("vbbbbbbbbbbbbbbb2", VIN)
+    assert mask_vin(VIN) == "*************0007"
+
+
+def test_a_state_carries_the_masked_plate_claims_phone_and_vin_digest() -> None:
+    h = make_handler(**{VID: policy(plate_masked="沪A·****5")})
+    h.vehicles[VID] = VehicleState(
+        kid=h.vehicles[VID].kid, key=CAR_KEY.public_key(), vin_digest=vin_digest(VID, VIN)
+    )
+    reply = h.handle(*request(1), NOW)
+    assert reply is not None and isinstance(reply.body, messages.PolicyState)
+    body = reply.body
+    assert (body.plate_masked, body.claims_phone) == ("沪A·****5", "95518")  # PICC
+    assert body.vin_digest == vin_digest(VID, VIN)
+    assert VIN.encode() not in messages.encode(body)
+
+
+async def test_an_older_store_gains_the_plate_columns_and_keeps_its_rows(tmp_path: Path) -> None:
+    db = tmp_path / "cloud.db"
+    async with await Store.open(db) as store:
+        await store.add_vehicle(VID, CAR_KEY.public_key(), VIN)
+        await store.put_policy(policy())
+    with closing(sqlite3.connect(db)) as conn:  # as a store from before the column
+        conn.execute("ALTER TABLE policies DROP COLUMN plate_masked")
+        conn.execute("ALTER TABLE policy_seeds DROP COLUMN plate_masked")
+        conn.commit()
+    async with await Store.open(db) as store:
+        assert (await store.load_policies())[VID].plate_masked is None
+        await store.put_policy(policy(plate_masked="沪A·****5"))
+        assert (await store.load_policies())[VID].plate_masked == "沪A·****5"
+        assert (await store.load_vehicles())[VID].vin_digest == vin_digest(VID, VIN)
