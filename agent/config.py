@@ -5,7 +5,7 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 from .enrollment import check_cloud_url
 from .errors import ConfigError
@@ -63,6 +63,18 @@ class AgentConfig(strict.Record):
     """The least time between two key set fetches (made when a message's kid is unknown)."""
     trusted_floor_save_s: Annotated[float, Range(gt=0)] = TRUSTED_FLOOR_SAVE_S
     """How often the running agent persists its trusted-time floor (also on every accept)."""
+    lang: Literal["zh-CN", "en"] = "zh-CN"
+    """The head unit's language (both are served; this one is shown first)."""
+    head_unit_host: str = "127.0.0.1"
+    head_unit_port: Annotated[int, Range(ge=0, le=65535)] | None = None
+    """The head unit's local HTTP port (0: any free one); none: no head-unit server."""
+    bus: Literal["none", "simulated", "obd"] = "none"
+    """Where vehicle signals come from; ``obd`` needs ``obd_port`` (an ELM327 serial port)."""
+    obd_port: str | None = None
+    bus_poll_s: Annotated[float, Range(gt=0)] = 1.0
+    reminder_stages: tuple[int, ...] = (30, 15, 7, 3, 1)
+    """Days before the end at which the driver is prompted (each stage once)."""
+    reminder_daily_cap: Annotated[int, Range(ge=1, le=100)] = 3
 
     def __post_init__(self) -> None:
         try:
@@ -84,6 +96,12 @@ def _check_settings(config: AgentConfig) -> None:
             raise strict.Invalid(str(exc), "cloud_url") from None
     if config.keyset_file is not None and config.root_key is None:
         raise strict.Invalid("keyset_file needs root_key to verify it against")
+    if config.bus == "obd" and not config.obd_port:
+        raise strict.Invalid("bus = obd needs obd_port (the ELM327's serial device)")
+    if not config.reminder_stages or any(d < 1 or d > 365 for d in config.reminder_stages):
+        raise strict.Invalid("whole days from 1 to 365", "reminder_stages")
+    if len(set(config.reminder_stages)) != len(config.reminder_stages):
+        raise strict.Invalid("stages must differ", "reminder_stages")
     if not config.cloud_keys and config.keyset_file is None:
         raise strict.Invalid("no cloud_keys and no keyset_file: the agent would trust nothing")
 

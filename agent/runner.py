@@ -35,7 +35,18 @@ import ssl
 from collections import Counter
 from typing import Final
 
-from . import display, identity, inbox, intents, keyring, keyset, provisioning, sync
+from . import (
+    display,
+    head_unit_http,
+    identity,
+    inbox,
+    intents,
+    keyring,
+    keyset,
+    provisioning,
+    reminders,
+    sync,
+)
 from .backoff import Backoff
 from .boot import current_boot_id
 from .config import AgentConfig
@@ -49,6 +60,7 @@ from .errors import (
     StateTimeoutError,
     StoreError,
 )
+from .head_unit import HeadUnit
 from .keystore import FileKeyStore, KeySigner
 from .link import Link, Received, open_link, tls_context
 from .policy import Accept, Duplicate, Refuse, decide
@@ -58,6 +70,7 @@ from .protocol.keys import PublicKey
 from .protocol.messages import ErrorReply, IntentReceipt, PolicyState, StatusRequest
 from .store import Store
 from .trusted_time import TrustedClock, TrustedNow
+from .vehicle import SimulatedBus, VehicleBus
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +109,12 @@ class Agent:
     """
 
     def __init__(
-        self, config: AgentConfig, clock: Clock | None = None, *, rng: random.Random | None = None
+        self,
+        config: AgentConfig,
+        clock: Clock | None = None,
+        *,
+        rng: random.Random | None = None,
+        bus: VehicleBus | None = None,
     ) -> None:
         self.config = config
         self.counters: Counter[str] = Counter()
@@ -127,6 +145,20 @@ class Agent:
         self._started = False
         self._stopping = asyncio.Event()
         self._changed = asyncio.Condition()
+        self.head_unit = HeadUnit(
+            self,
+            lang=config.lang,
+            config=reminders.ReminderConfig(config.reminder_stages, config.reminder_daily_cap),
+            bus=bus if bus is not None else _bus_of(config),
+            poll_s=config.bus_poll_s,
+        )
+        self.head_unit_url: str | None = None
+        """Where the head-unit page is served, once it is (``head_unit_port`` set)."""
+
+    @property
+    def vid(self) -> str:
+        """This car's vid."""
+        return self.config.vid
 
     @property
     def state(self) -> PolicyState | None:
@@ -181,6 +213,8 @@ class Agent:
                 vid = self.config.vid
                 async with asyncio.TaskGroup() as tg:
                     side = [
+                        tg.create_task(self.head_unit.run(store), name=f"agent-{vid}-head-unit"),
+                        tg.create_task(self._serve_head_unit(), name=f"agent-{vid}-head-unit-http"),
                         tg.create_task(
                             self._renew_periodically(store), name=f"agent-{vid}-renewal"
                         ),
@@ -660,11 +694,33 @@ class Agent:
             await asyncio.sleep(self.config.trusted_floor_save_s)
             await self._save_floor(store)
 
+    async def _serve_head_unit(self) -> None:
+        """Serve the head-unit page and API when ``head_unit_port`` is set."""
+        port = self.config.head_unit_port
+        if port is None:
+            return
+
+        def ready(url: str) -> None:
+            self.head_unit_url = url
+            log.info("%s: head unit at %s", self.config.vid, url)
+
+        await head_unit_http.serve(self.head_unit, self.config.head_unit_host, port, ready=ready)
+
     async def _hold(self, state: PolicyState) -> None:
         self._state = state
         async with self._changed:
             self._changed.notify_all()
+        self.head_unit.poke()
 
     def _count_drop(self, reason: str, detail: str, topic: str) -> None:
         self.counters[reason] += 1
         log.warning("%s: dropped message on %.128s: %s: %s", self.config.vid, topic, reason, detail)
+
+
+def _bus_of(config: AgentConfig) -> VehicleBus | None:
+    """The vehicle bus the config names (python-OBD is imported only for ``obd``)."""
+    if config.bus == "simulated":
+        return SimulatedBus()
+    if config.bus == "obd":
+        raise ConfigError("bus = obd: not wired yet")
+    return None

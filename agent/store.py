@@ -1,6 +1,7 @@
 """The agent's local SQLite store (WAL): outgoing seq, latest accepted policy state, last
-error, the trusted-time floor (which SQL itself keeps from ever decreasing), and the
-outbox of intents (kept until the cloud's signed receipt is stored beside them).
+error, the trusted-time floor (which SQL itself keeps from ever decreasing), the
+outbox of intents (kept until the cloud's signed receipt is stored beside them), and
+the head unit's prompt history, fleet alerts raised and the ignition-on (trip) count.
 
 The only module that imports aiosqlite. Every write commits before its call returns,
 with ``synchronous=FULL``, so a seq handed out is never handed out again after a
@@ -10,7 +11,7 @@ crash or a power cut.
 import asyncio
 import sqlite3
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
@@ -19,6 +20,7 @@ import aiosqlite
 
 from .errors import StoreError
 from .protocol.messages import ErrorReply, PolicyState
+from .reminders import Alerted, Shown
 from .trusted_time import Anchor
 
 SCHEMA_VERSION: Final = 1
@@ -75,6 +77,26 @@ CREATE TABLE IF NOT EXISTS outbox (
     receipt BLOB,
     receipted_at TEXT
 );
+CREATE TABLE IF NOT EXISTS prompts (
+    n INTEGER PRIMARY KEY AUTOINCREMENT,
+    coverage_end TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    trip INTEGER NOT NULL,
+    day TEXT NOT NULL,
+    shown_at TEXT NOT NULL,
+    answer TEXT,
+    answered_day TEXT
+);
+CREATE TABLE IF NOT EXISTS alerts (
+    coverage_end TEXT NOT NULL,
+    trip INTEGER NOT NULL,
+    PRIMARY KEY (coverage_end, trip)
+);
+CREATE TABLE IF NOT EXISTS trips (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    trip INTEGER NOT NULL
+);
+INSERT OR IGNORE INTO trips (id, trip) VALUES (1, 0);
 CREATE TRIGGER IF NOT EXISTS outbox_receipt_kept BEFORE UPDATE OF receipt ON outbox
 WHEN OLD.receipt IS NOT NULL
 BEGIN SELECT RAISE(ABORT, 'a stored receipt is never replaced'); END;
@@ -232,20 +254,25 @@ class Store:
             raise StoreError(f"{self.path}: {exc}") from exc
         return changed
 
-    async def next_seq(self) -> int:
-        """The next outgoing seq, committed before it is returned."""
+    async def _one_write(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...]:
+        """Run a write with RETURNING and commit; its one row."""
         db = self._conn()
         try:
             async with self._lock:
-                async with db.execute(
-                    "UPDATE seq_counter SET last_seq = last_seq + 1 WHERE id = 1 RETURNING last_seq"
-                ) as cur:
+                async with db.execute(sql, params) as cur:
                     row = await cur.fetchone()
                 await db.commit()
         except sqlite3.Error as exc:
             raise StoreError(f"{self.path}: {exc}") from exc
         if row is None:
-            raise StoreError(f"{self.path}: the seq counter row is missing")
+            raise StoreError(f"{self.path}: no row for {sql.split()[0]}")
+        return tuple(row)
+
+    async def next_seq(self) -> int:
+        """The next outgoing seq, committed before it is returned."""
+        row = await self._one_write(
+            "UPDATE seq_counter SET last_seq = last_seq + 1 WHERE id = 1 RETURNING last_seq"
+        )
         return int(row[0])
 
     async def last_seq(self) -> int:
@@ -394,6 +421,55 @@ class Store:
         """(pending, receipted) intent counts."""
         row = await self._one("SELECT count(*) - count(receipt), count(receipt) FROM outbox")
         return int(row[0]), int(row[1])
+
+    async def add_prompt(self, shown: Shown, shown_at: datetime) -> int:
+        """Record a prompt as shown (before it is shown); return its number."""
+        row = await self._one_write(
+            "INSERT INTO prompts (coverage_end, stage, trip, day, shown_at) VALUES (?, ?, ?, ?, ?)"
+            " RETURNING n",
+            (shown.coverage_end.isoformat(), shown.stage, shown.trip, shown.day.isoformat(),
+             shown_at.isoformat()),
+        )  # fmt: skip
+        return int(row[0])
+
+    async def answer_prompt(self, n: int, answer: str, day: date) -> bool:
+        """Record the driver's answer to prompt ``n``; False if it has one already."""
+        changed = await self._write(
+            "UPDATE prompts SET answer = ?, answered_day = ? WHERE n = ? AND answer IS NULL",
+            (answer, day.isoformat(), n),
+        )
+        return changed == 1
+
+    async def prompt_history(self) -> list[Shown | Alerted]:
+        """Every prompt shown and alert raised, oldest first (prompts, then alerts)."""
+        rows = await self._all(
+            "SELECT coverage_end, stage, trip, day, answer, answered_day FROM prompts ORDER BY n"
+        )
+        history: list[Shown | Alerted] = [
+            Shown(date.fromisoformat(r[0]), r[1], r[2], date.fromisoformat(r[3]), r[4],
+                  None if r[5] is None else date.fromisoformat(r[5]))
+            for r in rows
+        ]  # fmt: skip
+        alerts = await self._all("SELECT coverage_end, trip FROM alerts ORDER BY rowid")
+        history.extend(Alerted(date.fromisoformat(r[0]), r[1]) for r in alerts)
+        return history
+
+    async def add_alert(self, alert: Alerted) -> bool:
+        """Record a fleet alert raised; False if this one was raised already."""
+        changed = await self._write(
+            "INSERT OR IGNORE INTO alerts (coverage_end, trip) VALUES (?, ?)",
+            (alert.coverage_end.isoformat(), alert.trip),
+        )
+        return changed == 1
+
+    async def next_trip(self) -> int:
+        """Count one more ignition-on; committed before it is returned."""
+        row = await self._one_write("UPDATE trips SET trip = trip + 1 WHERE id = 1 RETURNING trip")
+        return int(row[0])
+
+    async def trip(self) -> int:
+        """The ignition-on count so far."""
+        return int((await self._one("SELECT trip FROM trips WHERE id = 1"))[0])
 
     async def integrity_check(self) -> str:
         """SQLite's verdict on the file: ``"ok"`` when sound."""

@@ -1,0 +1,169 @@
+"""The head-unit model with a real agent, a simulated vehicle bus and the real broker.
+
+The cloud is the FakeCloud (it signs as the cloud); it answers the agent's first status
+request, so trusted time is FRESH and the state's dates decide what is shown.
+"""
+
+import json
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from agent.head_unit import AnswerError
+from agent.protocol import envelope, messages, topics
+from agent.protocol.keys import kid_for, load_public_key
+from agent.protocol.messages import RenewalRequest, VehicleEvent
+from agent.protocol.vin import vin_digest
+from agent.reminders import Quiet
+from agent.runner import Agent
+from agent.vehicle import SimulatedBus
+from cloud.pki import DevPki
+
+from .conftest import NOW, FakeCloud, running
+
+VIN = "LSGCAR00000000042"
+END = (NOW + timedelta(hours=8)).date() + timedelta(days=10)
+"""Ten days after NOW's China date: stage d15."""
+
+
+async def verified(agent: Agent, cloud: FakeCloud, make_state: Any, **changes: Any) -> None:
+    """Answer the agent's first status request with a state ending on END."""
+    vid = agent.vid
+    await cloud.receive(topics.up(vid, "status"))
+    values: dict[str, Any] = {
+        "coverage_start": END.replace(year=END.year - 1) + timedelta(days=1),
+        "coverage_end": END,
+        "plate_masked": "沪A·****5",
+        "claims_phone": "95518",
+        "vin_digest": vin_digest(vid, VIN),
+    }
+    values.update(changes)
+    await cloud.send_state(make_state(vid, version=1, seq=1, reply_to=1, **values))
+    await agent.wait_for_state(5.0)
+
+
+def intents_in(db: Path) -> list[tuple[str, dict[str, Any]]]:
+    import sqlite3
+
+    with sqlite3.connect(db) as conn:
+        return [(t, json.loads(f)) for t, f in conn.execute("SELECT type, fields FROM outbox")]
+
+
+@pytest.fixture
+def bus() -> SimulatedBus:
+    return SimulatedBus(ignition_on=True, speed_kmh=0.0, vin=VIN)
+
+
+async def test_a_prompt_shows_when_parked_hides_when_moving_and_is_shown_once(
+    make_config: Any, make_state: Any, cloud: FakeCloud, bus: SimulatedBus, until: Any
+) -> None:
+    agent = Agent(make_config(bus_poll_s=0.02), bus=bus)
+    hu = agent.head_unit
+    async with running(agent):
+        await verified(agent, cloud, make_state)
+        await until(lambda: hu.on_screen is not None, "a prompt")
+        shown = hu.snapshot()
+        assert shown["status"] == "expiring" and shown["prompt"]["stage"] == "d15"
+        assert shown["prompt"]["days_left"] == 10
+        assert "10天" in shown["prompt"]["texts"]["zh-CN"]["body"]
+        assert "10 days left" in shown["prompt"]["texts"]["en"]["body"]
+        card = shown["card"]
+        assert (card["plate"], card["claims_phone"], card["end"]) == (
+            "沪A·****5", "95518", END.isoformat(),
+        )  # fmt: skip
+        bus.speed_kmh = 40.0
+        await until(lambda: hu.on_screen is None, "the prompt hidden while moving")
+        assert hu.snapshot()["vehicle"]["moving"] is True
+        bus.speed_kmh = 0.0
+        await until(lambda: not hu.signals.moving, "parked again")
+        await hu.evaluate()
+        assert hu.on_screen is None and hu.decisions[-1] == Quiet("prompted")
+    kinds = [f.get("event") for t, f in intents_in(agent.config.db_path) if t == "vehicle.event"]
+    assert kinds[:1] == ["ignition_on"] and "prompt_shown" in kinds and "moving" in kinds
+
+
+async def test_renew_sends_a_signed_renewal_request_and_snooze_waits_for_the_next_ignition(
+    pki: DevPki,
+    make_config: Any,
+    make_state: Any,
+    cloud: FakeCloud,
+    bus: SimulatedBus,
+    until: Any,
+) -> None:
+    agent = Agent(make_config(bus_poll_s=0.02), bus=bus)
+    hu = agent.head_unit
+    async with running(agent):
+        await verified(agent, cloud, make_state)
+        await until(lambda: hu.on_screen is not None, "a prompt")
+        first = hu.on_screen
+        assert first is not None
+        with pytest.raises(AnswerError) as stale:
+            await hu.answer(first.n + 1, "dismiss")
+        assert stale.value.code == "stale_prompt"
+        with pytest.raises(AnswerError) as bad:
+            await hu.answer(first.n, "buy_it_now")
+        assert bad.value.code == "bad_answer"
+        await hu.answer(first.n, "snooze_trip")
+        assert hu.on_screen is None
+        await hu.evaluate()
+        assert hu.on_screen is None and hu.decisions[-1] == Quiet("snoozed")
+        trip = hu.signals.trip
+        bus.ignition_on = False
+        await until(lambda: not hu.signals.ignition_on, "ignition off")
+        bus.ignition_on = True
+        await until(lambda: hu.on_screen is not None, "the prompt back at the next ignition")
+        assert hu.signals.trip == trip + 1
+        again = hu.on_screen
+        assert again is not None and again.n != first.n
+        await hu.answer(again.n, "accept")
+        payload, _ = await cloud.receive(topics.up(agent.vid, "renewal"))
+    car = load_public_key((pki.car_dir(agent.vid) / "car.crt").read_bytes())
+    body = messages.decode(
+        envelope.open_with(topics.up(agent.vid, "renewal"), payload, {kid_for(car): car})
+    )
+    assert isinstance(body, RenewalRequest) and body.action == "quote"
+
+
+async def test_a_vin_that_is_not_the_policys_is_shown_and_reported_never_prompted(
+    make_config: Any, make_state: Any, cloud: FakeCloud, until: Any
+) -> None:
+    bus = SimulatedBus(ignition_on=True, speed_kmh=0.0, vin="LSGANDER000000001")
+    agent = Agent(make_config(bus_poll_s=0.02), bus=bus)
+    hu = agent.head_unit
+    async with running(agent):
+        await verified(agent, cloud, make_state)
+        await until(lambda: hu.snapshot()["status"] == "mismatch", "the mismatch shown")
+        await hu.evaluate()
+        assert hu.on_screen is None and hu.decisions[-1] == Quiet("vin_mismatch")
+        assert "does not match" in hu.snapshot()["texts"]["en"]["headline"]
+        event_topic = topics.up(agent.vid, "event")
+        while True:  # the events go out in order; the mismatch is among the first
+            payload, _ = await cloud.receive(event_topic)
+            body = messages.decode(envelope.parse(payload).body)
+            assert isinstance(body, VehicleEvent)
+            if body.event == "vin_mismatch":
+                break
+
+
+async def test_a_lapsed_car_that_moves_raises_one_alert_per_trip_and_no_prompt(
+    make_config: Any, make_state: Any, cloud: FakeCloud, until: Any
+) -> None:
+    bus = SimulatedBus(ignition_on=True, speed_kmh=50.0, vin=VIN)
+    agent = Agent(make_config(bus_poll_s=0.02), bus=bus)
+    hu = agent.head_unit
+    ended = (NOW + timedelta(hours=8)).date() - timedelta(days=3)
+    async with running(agent):
+        await verified(agent, cloud, make_state, coverage_end=ended, status="lapsed",
+                       coverage_start=date(ended.year - 1, ended.month, ended.day))  # fmt: skip
+        await until(
+            lambda: any(getattr(d, "event", None) == "lapsed_while_driving" for d in hu.decisions),
+            "the fleet alert",
+        )
+        await hu.evaluate()
+        assert hu.decisions[-1] == Quiet("alerted") and hu.on_screen is None
+    alerts = [
+        f for t, f in intents_in(agent.config.db_path) if f.get("event") == "lapsed_while_driving"
+    ]
+    assert len(alerts) == 1
