@@ -167,3 +167,31 @@ async def test_a_lapsed_car_that_moves_raises_one_alert_per_trip_and_no_prompt(
         f for t, f in intents_in(agent.config.db_path) if f.get("event") == "lapsed_while_driving"
     ]
     assert len(alerts) == 1
+
+
+async def test_a_restart_neither_repeats_nor_skips_a_stage(
+    make_config: Any, make_state: Any, new_cloud: Any, bus: SimulatedBus, until: Any
+) -> None:
+    config = make_config(bus_poll_s=0.02)
+    cloud = await new_cloud()
+    first = Agent(config, bus=bus)
+    async with running(first):
+        await verified(first, cloud, make_state)
+        await until(lambda: first.head_unit.on_screen is not None, "the d15 prompt")
+    # Killed before the driver answered: shown counts; the next start does not repeat it.
+    again = Agent(config, bus=bus)
+    async with running(again):
+        await until(lambda: again.state is not None, "the stored state")
+        payload, _ = await cloud.receive(topics.up(again.vid, "status"))
+        request = messages.decode(envelope.parse(payload).body)
+        later = NOW + timedelta(minutes=1)  # the floor has moved past NOW meanwhile
+        state = make_state(again.vid, version=1, seq=2, reply_to=request.seq,
+                           issued_at=later, fresh_until=later + timedelta(days=7),
+                           coverage_start=END.replace(year=END.year - 1) + timedelta(days=1),
+                           coverage_end=END, vin_digest=vin_digest(again.vid, VIN))  # fmt: skip
+        await cloud.send_state(state)
+        await again.wait_for_state(5.0, min_seq=2)
+        await until(lambda: again.head_unit.signals.trip >= 2, "the second trip")
+        await again.head_unit.evaluate()
+        assert again.head_unit.on_screen is None
+        assert again.head_unit.decisions[-1] == Quiet("prompted")
