@@ -29,6 +29,7 @@ class PolicyRecord:
 CLAIMS_PHONES: Final = {
     "PICC": "95518",
     "PAIC": "95511",
+    "PINGAN": "95511",
     "CPIC": "95500",
     "CLPC": "95519",
     "SSAIC": "95510",

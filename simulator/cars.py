@@ -8,6 +8,7 @@ from typing import Any
 
 from agent.config import AgentConfig
 from agent.runner import Agent
+from agent.vehicle import SimulatedBus
 from cloud.pki import DevPki
 
 
@@ -40,8 +41,14 @@ def car_config(
 class SimulatedFleet:
     """Runs one Agent per car in a TaskGroup until ``stop()``."""
 
-    def __init__(self, configs: list[AgentConfig]) -> None:
-        self.agents = [Agent(c) for c in configs]
+    def __init__(self, configs: list[AgentConfig], buses: list[SimulatedBus] | None = None) -> None:
+        """One agent per config; ``buses`` (one per config) give them vehicle signals."""
+        if buses is not None and len(buses) != len(configs):
+            raise ValueError("one bus per car")
+        self.buses = buses
+        self.agents = [
+            Agent(c, bus=None if buses is None else buses[i]) for i, c in enumerate(configs)
+        ]
 
     async def run(self) -> None:
         """Run every agent; return once all have stopped."""
