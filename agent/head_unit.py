@@ -17,13 +17,13 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date, datetime, timedelta
 from typing import Any, Final, Protocol
 
 from . import display, reminders, texts
 from .errors import AgentError
 from .protocol.calendar import china_date
-from .protocol.messages import PolicyState
+from .protocol.messages import PolicyState, RenewalUpdate
 from .protocol.vin import vin_digest
 from .reminders import Alerted, Prompt, Shown
 from .store import Store
@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 
 EVALUATE_EVERY_S: Final = 60.0
 """Decide again at least this often (days and stages change with time alone)."""
+RENEWAL_SHOWN_FOR: Final = timedelta(hours=24)
+"""A renewal update older than this (in trusted time) is no longer shown."""
 
 
 class AnswerError(AgentError):
@@ -59,6 +61,11 @@ class AgentPort(Protocol):
     @property
     def connected(self) -> bool:
         """Whether the link is up."""
+        ...
+
+    @property
+    def renewal(self) -> RenewalUpdate | None:
+        """The newest verified renewal update."""
         ...
 
     def status_view(self) -> display.StatusView | display.Unverified:
@@ -150,6 +157,7 @@ class HeadUnit:
                 for lang in texts.LANGS
             },
             "prompt": self._prompt_json(),
+            "renewal": self._renewal_json(),
             "card": self._card_json(),
             "vehicle": {
                 "ignition_on": self.signals.ignition_on,
@@ -176,6 +184,73 @@ class HeadUnit:
                 for lang in texts.LANGS
             },
         }
+
+    def current_renewal(self) -> RenewalUpdate | None:
+        """The renewal update to show: verified, and issued within RENEWAL_SHOWN_FOR."""
+        renewal = self.agent.renewal
+        view = self.agent.status_view()
+        if renewal is None or isinstance(view, display.Unverified):
+            return None
+        now = view.time.latest or view.time.earliest
+        if now - renewal.issued_at > RENEWAL_SHOWN_FOR:
+            return None
+        return renewal
+
+    def _renewal_json(self) -> dict[str, Any] | None:
+        """Quotes to compare, a payment link as a QR code, or the result."""
+        renewal = self.current_renewal()
+        if renewal is None:
+            return None
+        shown: dict[str, Any] = {
+            "renewal_id": renewal.renewal_id,
+            "stage": renewal.stage,
+            "quotes": [
+                {
+                    "quote_id": q.quote_id,
+                    "insurer": q.insurer_name,
+                    "insurer_code": q.insurer_code,
+                    "start": q.start.isoformat(),
+                    "end": q.end.isoformat(),
+                    "ctpl": q.ctpl,
+                    "floating_rate": q.floating_rate,
+                    "vehicle_vessel_tax": q.vehicle_vessel_tax,
+                    "total": q.total,
+                    "expires_at": q.expires_at.isoformat(),
+                }
+                for q in renewal.quotes
+            ],
+            "amount": renewal.amount,
+            "new_end": None if renewal.new_end is None else renewal.new_end.isoformat(),
+            "message": renewal.message,
+            "payment_url": None,
+            "payment_qr": None,
+        }
+        if renewal.stage == "awaiting_payment" and renewal.payment_url is not None:
+            shown["payment_url"] = renewal.payment_url
+            shown["payment_qr"] = qr_svg_data_uri(renewal.payment_url)
+        shown["texts"] = {
+            lang: texts.renewal_text(renewal.stage, lang, amount=renewal.amount,
+                                     new_end=renewal.new_end)
+            for lang in texts.LANGS
+        }  # fmt: skip
+        return shown
+
+    async def accept_quote(self, quote_id: str) -> str:
+        """The driver chose a quote: send the signed consent naming it; return the intent id.
+
+        Raise AnswerError (``unknown_quote``, ``quote_expired``) when it cannot be taken.
+        """
+        renewal = self.current_renewal()
+        quotes = {} if renewal is None else {q.quote_id: q for q in renewal.quotes}
+        quote = quotes.get(quote_id)
+        if quote is None:
+            raise AnswerError("unknown_quote", "no such quote on screen")
+        view = self.agent.status_view()
+        if isinstance(view, display.StatusView) and view.time.earliest >= quote.expires_at:
+            raise AnswerError("quote_expired", "the quote has expired; ask for new quotes")
+        intent = await self.agent.request_renewal("accept", quote_id)
+        await self._publish()
+        return intent
 
     def _card_json(self) -> dict[str, Any] | None:
         """The offline e-policy card: the verified state's own fields (masked at the cloud)."""
@@ -376,3 +451,10 @@ class HeadUnit:
         if self._store is None:
             raise AnswerError("stale_prompt", "the head unit is not running")
         return self._store
+
+
+def qr_svg_data_uri(url: str) -> str:
+    """A QR code of ``url`` as an SVG data URI (segno is imported only here, when needed)."""
+    import segno
+
+    return str(segno.make(url, error="m").svg_data_uri(scale=6, border=2))

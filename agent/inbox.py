@@ -11,11 +11,14 @@ from .protocol import envelope, messages, topics
 from .protocol.errors import ProtocolError
 from .protocol.keys import PublicKey
 
-CloudBody = messages.PolicyState | messages.ErrorReply | messages.IntentReceipt
+CloudBody = (
+    messages.PolicyState | messages.ErrorReply | messages.IntentReceipt | messages.RenewalUpdate
+)
 KIND_OF_TYPE: Final[dict[str, str]] = {
     "policy.state": "policy",
     "error": "error",
     "intent.receipt": "receipt",
+    "renewal.update": "renewal",
 }
 """The one down topic kind each cloud body type may arrive on."""
 
@@ -54,7 +57,11 @@ def read(vid: str, keys: dict[str, PublicKey], topic: str, payload: bytes) -> Ve
     if body.vid != vid:
         return Dropped("vid_mismatch", f"body is for {body.vid}, not {vid}")
     if KIND_OF_TYPE.get(body.type) != parsed.kind or not isinstance(
-        body, messages.PolicyState | messages.ErrorReply | messages.IntentReceipt
+        body,
+        messages.PolicyState
+        | messages.ErrorReply
+        | messages.IntentReceipt
+        | messages.RenewalUpdate,
     ):
         return Dropped("wrong_topic", f"{body.type} does not belong on down/{parsed.kind}")
     return Verified(topic, payload, body)

@@ -67,7 +67,13 @@ from .policy import Accept, Duplicate, Refuse, decide
 from .protocol import messages, topics
 from .protocol.clock import Clock, SystemClock
 from .protocol.keys import PublicKey
-from .protocol.messages import ErrorReply, IntentReceipt, PolicyState, StatusRequest
+from .protocol.messages import (
+    ErrorReply,
+    IntentReceipt,
+    PolicyState,
+    RenewalUpdate,
+    StatusRequest,
+)
 from .store import Store
 from .trusted_time import TrustedClock, TrustedNow
 from .vehicle import SimulatedBus, VehicleBus
@@ -137,6 +143,7 @@ class Agent:
         self._last_fetch_at: float | None = None
         self._backoff = Backoff(config.reconnect_min_s, config.reconnect_max_s)
         self._state: PolicyState | None = None
+        self._renewal: RenewalUpdate | None = None
         self._trusted = TrustedClock()
         self._sent: dict[int, float] = {}
         self._last_error: ErrorReply | None = None
@@ -164,6 +171,11 @@ class Agent:
     def state(self) -> PolicyState | None:
         """The newest policy state verified against the pinned keys during this run."""
         return self._state
+
+    @property
+    def renewal(self) -> RenewalUpdate | None:
+        """The newest verified renewal update (quotes, payment link, result), if any."""
+        return self._renewal
 
     @property
     def last_error(self) -> ErrorReply | None:
@@ -371,6 +383,11 @@ class Agent:
         return await self._send_status(link, store)
 
     async def _load_stored(self, store: Store) -> None:
+        renewal = await store.renewal()
+        if renewal is not None:
+            read = inbox.read(self.config.vid, self.trusted_keys(), *renewal)
+            if isinstance(read, inbox.Verified) and isinstance(read.body, RenewalUpdate):
+                self._renewal = read.body
         record = await store.policy()
         if record is None:
             return
@@ -603,6 +620,17 @@ class Agent:
         body = outcome.body
         if isinstance(body, IntentReceipt):
             await self._note_receipt(outcome.topic, outcome.payload, body, store)
+            return
+        if isinstance(body, RenewalUpdate):
+            if await store.save_renewal(
+                outcome.topic, outcome.payload, body.seq, self._clock.now()
+            ):
+                self._renewal = body
+                self.counters["renewal_update"] += 1
+                self._trusted.raise_floor(body.issued_at)
+                self.head_unit.poke()
+            else:
+                self._count_drop("replay", "renewal update not newer than held", received.topic)
             return
         if isinstance(body, ErrorReply):
             await store.save_error(outcome.topic, outcome.payload, body, self._clock.now())

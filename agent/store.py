@@ -92,6 +92,13 @@ CREATE TABLE IF NOT EXISTS alerts (
     trip INTEGER NOT NULL,
     PRIMARY KEY (coverage_end, trip)
 );
+CREATE TABLE IF NOT EXISTS renewal_update (
+    id INTEGER PRIMARY KEY CHECK (id = 1),
+    topic TEXT NOT NULL,
+    envelope BLOB NOT NULL,
+    seq INTEGER NOT NULL,
+    received_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS trips (
     id INTEGER PRIMARY KEY CHECK (id = 1),
     trip INTEGER NOT NULL
@@ -333,6 +340,24 @@ class Store:
                 received_at.isoformat(),
             ),
         )
+
+    async def save_renewal(
+        self, topic: str, envelope: bytes, seq: int, received_at: datetime
+    ) -> bool:
+        """Keep the newest renewal update (by the cloud's seq); False if ``seq`` is not newer."""
+        changed = await self._write(
+            "INSERT INTO renewal_update (id, topic, envelope, seq, received_at)"
+            " VALUES (1, ?, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET topic = excluded.topic,"
+            " envelope = excluded.envelope, seq = excluded.seq, received_at = excluded.received_at"
+            " WHERE excluded.seq > renewal_update.seq",
+            (topic, envelope, seq, received_at.isoformat()),
+        )
+        return changed == 1
+
+    async def renewal(self) -> tuple[str, bytes] | None:
+        """The stored renewal update's topic and envelope (verify before use), or None."""
+        row = await self._optional("SELECT topic, envelope FROM renewal_update WHERE id = 1")
+        return None if row is None else (str(row[0]), bytes(row[1]))
 
     async def last_error(self) -> ErrorRecord | None:
         """The last error reply received, or None."""

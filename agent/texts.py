@@ -126,3 +126,32 @@ def card_text(card: dict[str, Any], lang: Lang) -> dict[str, str]:
         start, end = date.fromisoformat(card["start"]), date.fromisoformat(card["end"])
         lines[labels["period"]] = period_text(start, end, lang)
     return lines
+
+
+_RENEWAL: Final[dict[str, dict[Lang, str]]] = {
+    "quoting": {"zh-CN": "正在询价…", "en": "Getting quotes…"},
+    "quotes": {"zh-CN": "请选择续保方案", "en": "Choose a quote"},
+    "awaiting_payment": {"zh-CN": "请用手机扫码支付", "en": "Scan with your phone to pay"},
+    "issued": {"zh-CN": "续保成功", "en": "Renewed"},
+    "checking": {"zh-CN": "正在核实续保信息…", "en": "Checking the sources…"},
+    "renewed_elsewhere": {"zh-CN": "已确认在别处续保", "en": "Renewal elsewhere confirmed"},
+    "not_renewed": {"zh-CN": "未查到新的保单", "en": "No new policy found yet"},
+    "failed": {"zh-CN": "续保未完成", "en": "Renewal did not complete"},
+}
+
+
+def renewal_text(
+    stage: str, lang: Lang, *, amount: str | None = None, new_end: date | None = None
+) -> dict[str, str]:
+    """Headline and detail for a renewal update."""
+    headline = _RENEWAL.get(stage, _RENEWAL["failed"])[lang]
+    detail = ""
+    if stage == "awaiting_payment" and amount is not None:
+        detail = f"应付 {amount} 元" if lang == "zh-CN" else f"Amount due: CNY {amount}"
+    elif stage in ("issued", "renewed_elsewhere") and new_end is not None:
+        detail = (
+            f"新保单保障至{end_text(new_end, lang)}"
+            if lang == "zh-CN"
+            else f"New cover until {end_text(new_end, lang)}"
+        )
+    return {"headline": headline, "detail": detail}

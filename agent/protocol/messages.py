@@ -148,11 +148,79 @@ class IntentReceipt(_Body):
     issued_at: datetime
 
 
+Money = Annotated[str, Pattern(r"-?[0-9]{1,7}\.[0-9]{2}")]
+"""An amount in CNY as a decimal string with two places (never a float)."""
+RenewalStage = Literal[
+    "quoting",
+    "quotes",
+    "awaiting_payment",
+    "issued",
+    "checking",
+    "renewed_elsewhere",
+    "not_renewed",
+    "failed",
+]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Quote(strict.Record):
+    """One insurer's offer for the next term, as the driver compares them."""
+
+    quote_id: Annotated[str, Pattern(r"[A-Za-z0-9_-]{1,64}")]
+    insurer_code: ShortText
+    insurer_name: ShortText
+    start: date
+    end: date
+    ctpl: Money
+    """The CTPL premium: base × (1 + floating rate)."""
+    floating_rate: Annotated[str, Pattern(r"-?[0-9]\.[0-9]{2}")]
+    vehicle_vessel_tax: Money
+    total: Money
+    expires_at: datetime
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class RenewalUpdate(_Body):
+    """cloud → car: where a renewal stands (quotes, a payment link, the result).
+
+    ``renewal_id`` names the flow; ``intent_id`` the car's request it answers, if any.
+    The payment link is for the driver's phone (a QR code): the head unit never handles
+    payment credentials.
+    """
+
+    type: Literal["renewal.update"] = "renewal.update"
+    issued_at: datetime
+    renewal_id: Annotated[str, Pattern(r"[A-Za-z0-9_-]{1,64}")]
+    intent_id: IntentId | None = None
+    stage: RenewalStage
+    quotes: Annotated[tuple[Quote, ...], Length(max=5)] = ()
+    payment_url: Annotated[str, Pattern(r"https?://[\x21-\x7e]{1,300}")] | None = None
+    amount: Money | None = None
+    new_end: date | None = None
+    message: Annotated[str, Length(max=256)] | None = None
+
+
 Intent = RenewalRequest | VehicleEvent
-AnyBody = StatusRequest | PolicyState | ErrorReply | RenewalRequest | VehicleEvent | IntentReceipt
+AnyBody = (
+    StatusRequest
+    | PolicyState
+    | ErrorReply
+    | RenewalRequest
+    | VehicleEvent
+    | IntentReceipt
+    | RenewalUpdate
+)
 _BY_TYPE: Final[dict[str, type[AnyBody]]] = {
     str(cls.__dataclass_fields__["type"].default): cls
-    for cls in (StatusRequest, PolicyState, ErrorReply, RenewalRequest, VehicleEvent, IntentReceipt)
+    for cls in (
+        StatusRequest,
+        PolicyState,
+        ErrorReply,
+        RenewalRequest,
+        VehicleEvent,
+        IntentReceipt,
+        RenewalUpdate,
+    )
 }
 
 

@@ -195,3 +195,56 @@ async def test_a_restart_neither_repeats_nor_skips_a_stage(
         await again.head_unit.evaluate()
         assert again.head_unit.on_screen is None
         assert again.head_unit.decisions[-1] == Quiet("prompted")
+
+
+def _update(vid: str, seq: int, stage: str, **changes: Any) -> messages.RenewalUpdate:
+    quote = messages.Quote(
+        quote_id="q_picc_1", insurer_code="PICC", insurer_name="中国人保财险",
+        start=END + timedelta(days=1), end=END.replace(year=END.year + 1),
+        ctpl="665.00", floating_rate="-0.30", vehicle_vessel_tax="360.00", total="1025.00",
+        expires_at=NOW + timedelta(minutes=30),
+    )  # fmt: skip
+    values: dict[str, Any] = {"quotes": (quote,)} if stage == "quotes" else {}
+    values.update(changes)
+    return messages.RenewalUpdate(
+        vid=vid, seq=seq, issued_at=NOW, renewal_id="r_1", stage=stage, **values
+    )
+
+
+async def test_quotes_are_compared_a_choice_is_a_signed_consent_and_payment_is_a_qr_code(
+    pki: DevPki, make_config: Any, make_state: Any, cloud: FakeCloud, bus: SimulatedBus, until: Any
+) -> None:
+    agent = Agent(make_config(bus_poll_s=0.02), bus=bus)
+    hu = agent.head_unit
+    renewal_topic = topics.down(agent.vid, "renewal")
+    async with running(agent):
+        await verified(agent, cloud, make_state)
+        quotes = _update(agent.vid, 5, "quotes")
+        await cloud.send(renewal_topic, cloud.signer.seal(renewal_topic, messages.encode(quotes)))
+        await until(lambda: hu.snapshot()["renewal"] is not None, "the quotes shown")
+        shown = hu.snapshot()["renewal"]
+        assert [q["total"] for q in shown["quotes"]] == ["1025.00"]
+        assert shown["texts"]["en"]["headline"] == "Choose a quote"
+        with pytest.raises(AnswerError) as unknown:
+            await hu.accept_quote("q_other")
+        assert unknown.value.code == "unknown_quote"
+        await hu.accept_quote("q_picc_1")
+        payload, _ = await cloud.receive(topics.up(agent.vid, "renewal"))
+        url = "https://pay.example.test/pay/ord_1"
+        due = _update(agent.vid, 6, "awaiting_payment", payment_url=url, amount="1025.00")
+        await cloud.send(renewal_topic, cloud.signer.seal(renewal_topic, messages.encode(due)))
+        await until(lambda: (hu.snapshot()["renewal"] or {}).get("stage") == "awaiting_payment",
+                    "the payment link")  # fmt: skip
+        shown = hu.snapshot()["renewal"]
+        assert shown["payment_url"] == url and shown["payment_qr"].startswith("data:image/svg+xml")
+        # A replayed older update (the quotes again) is refused: the payment link stays.
+        await cloud.send(renewal_topic, cloud.signer.seal(renewal_topic, messages.encode(quotes)))
+        await until(lambda: agent.counters["replay"] == 1, "the replay refused")
+        assert hu.snapshot()["renewal"]["stage"] == "awaiting_payment"
+    car = load_public_key((pki.car_dir(agent.vid) / "car.crt").read_bytes())
+    body = messages.decode(
+        envelope.open_with(topics.up(agent.vid, "renewal"), payload, {kid_for(car): car})
+    )
+    assert isinstance(body, RenewalRequest) and (body.action, body.quote_id) == (
+        "accept", "q_picc_1",
+    )  # fmt: skip

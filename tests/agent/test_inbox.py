@@ -102,6 +102,6 @@ def test_signed_garbage_body_is_dropped() -> None:
 
 
 def test_signed_unknown_type_is_dropped() -> None:
-    body = json.dumps({"type": "renewal.update", "vid": VID, "seq": 1}).encode()
+    body = json.dumps({"type": "fleet.broadcast", "vid": VID, "seq": 1}).encode()
     outcome = inbox.read(VID, KEYS, POLICY, SIGNER.seal(POLICY, body))
     assert isinstance(outcome, inbox.Dropped) and outcome.reason == "unsupported_type"
