@@ -71,6 +71,8 @@ class AgentConfig(strict.Record):
     bus: Literal["none", "simulated", "obd"] = "none"
     """Where vehicle signals come from; ``obd`` needs ``obd_port`` (an ELM327 serial port)."""
     obd_port: str | None = None
+    obd_baudrate: Annotated[int, Range(ge=1200, le=4_000_000)] | None = None
+    """The ELM327's baud rate; none: python-OBD probes (set it: probing is slow and fragile)."""
     bus_poll_s: Annotated[float, Range(gt=0)] = 1.0
     reminder_stages: tuple[int, ...] = (30, 15, 7, 3, 1)
     """Days before the end at which the driver is prompted (each stage once)."""

@@ -750,5 +750,11 @@ def _bus_of(config: AgentConfig) -> VehicleBus | None:
     if config.bus == "simulated":
         return SimulatedBus()
     if config.bus == "obd":
-        raise ConfigError("bus = obd: not wired yet")
+        from .obd_bus import ObdBus
+
+        assert config.obd_port is not None  # the config checks it
+        try:
+            return ObdBus(config.obd_port, baudrate=config.obd_baudrate)
+        except ValueError as exc:
+            raise ConfigError(f"obd: {exc}") from exc
     return None

@@ -248,3 +248,15 @@ async def test_quotes_are_compared_a_choice_is_a_signed_consent_and_payment_is_a
     assert isinstance(body, RenewalRequest) and (body.action, body.quote_id) == (
         "accept", "q_picc_1",
     )  # fmt: skip
+
+
+def test_the_config_picks_the_vehicle_bus(make_config: Any, tmp_path: Path) -> None:
+    from agent.errors import ConfigError
+    from agent.obd_bus import ObdBus
+
+    assert Agent(make_config()).head_unit.bus is None
+    assert isinstance(Agent(make_config(bus="simulated")).head_unit.bus, SimulatedBus)
+    obd = Agent(make_config(bus="obd", obd_port=str(tmp_path / "ttyUSB0"), obd_baudrate=38400))
+    assert isinstance(obd.head_unit.bus, ObdBus)
+    with pytest.raises(ConfigError, match="obd_port"):
+        make_config(bus="obd")
