@@ -131,6 +131,8 @@ def card_text(card: dict[str, Any], lang: Lang) -> dict[str, str]:
 _RENEWAL: Final[dict[str, dict[Lang, str]]] = {
     "quoting": {"zh-CN": "正在询价…", "en": "Getting quotes…"},
     "quotes": {"zh-CN": "请选择续保方案", "en": "Choose a quote"},
+    "binding": {"zh-CN": "正在向保险公司下单…", "en": "Placing the order…"},
+    "declined": {"zh-CN": "已取消续保", "en": "Renewal declined"},
     "awaiting_payment": {"zh-CN": "请用手机扫码支付", "en": "Scan with your phone to pay"},
     "issued": {"zh-CN": "续保成功", "en": "Renewed"},
     "checking": {"zh-CN": "正在核实续保信息…", "en": "Checking the sources…"},

@@ -156,6 +156,16 @@ def create_app(
     async def keyset() -> en.KeySetAnswer:
         return en.KeySetAnswer(keyset=reg.keyset)
 
+    @app.post("/v1/webhooks/insurers/{code}")
+    async def insurer_webhook(request: Request, code: str) -> Response:
+        status, answer = await events.insurer_webhook(
+            code[:16],
+            await request.body(),
+            request.headers.get("x-ctpl-timestamp"),
+            request.headers.get("x-ctpl-signature"),
+        )
+        return JSONResponse(answer, status_code=status)
+
     @app.post("/v1/vehicles/{vid}/revoke")
     async def revoke(request: Request, vid: str, req: en.RevokeRequest | None = None) -> en.Revoked:
         return await reg.revoke(_bearer(request), vid)

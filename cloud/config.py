@@ -8,6 +8,17 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from .pki import DevPki
 
 
+class InsurerSource(BaseModel):
+    """One insurer's API and the secret its webhooks are signed with."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    code: str = Field(min_length=1, max_length=16, pattern=r"^[A-Z0-9]+$")
+    name: str = Field(min_length=1, max_length=64)
+    url: str = Field(pattern=r"^https?://")
+    webhook_secret: SecretStr
+
+
 class CloudConfig(BaseModel):
     """Everything a cloud process needs; paths are read when the process starts, not here."""
 
@@ -50,6 +61,10 @@ class CloudConfig(BaseModel):
     """The broker host told to enrolling gateways; None tells them ``broker_host``."""
     gateway_broker_port: int | None = Field(None, ge=1, le=65535)
     """The broker port told to enrolling gateways; None tells them ``broker_port``."""
+    national_url: str | None = Field(None, pattern=r"^https?://")
+    """The national platform's policy look-up API (authoritative); None: not asked."""
+    insurers: tuple[InsurerSource, ...] = ()
+    """The insurers to quote, bind and look up with; none: no renewal in the cloud."""
 
     @model_validator(mode="after")
     def _api_files_when_serving(self) -> Self:

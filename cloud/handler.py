@@ -18,6 +18,7 @@ arrive many times: the store keeps the first and the receipt is sent every time.
 
 import hashlib
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 
@@ -72,7 +73,9 @@ class Reply:
     """A body to seal and publish on ``topic``."""
 
     topic: str
-    body: messages.PolicyState | messages.ErrorReply | messages.IntentReceipt
+    body: (
+        messages.PolicyState | messages.ErrorReply | messages.IntentReceipt | messages.RenewalUpdate
+    )
     retain: bool
 
 
@@ -178,6 +181,25 @@ class RequestHandler:
             issued_at=now,
         )
         return Reply(topics.down(vid, "receipt"), receipt, retain=False)
+
+    def push_state(self, vid: str, now: datetime) -> Reply | None:
+        """An unsolicited ``policy.state`` for ``vid`` (its policy changed); None if unknown."""
+        vehicle = self.vehicles.get(vid)
+        if vehicle is None:
+            return None
+        self._contents.pop(vid, None)
+        return self._state(vid, vehicle, now, reply_to=None)
+
+    def push(
+        self, vid: str, kind: str, build: Callable[[int], messages.RenewalUpdate]
+    ) -> Reply | None:
+        """A cloud-initiated message to ``vid`` on down/``kind``, under its next seq."""
+        vehicle = self.vehicles.get(vid)
+        if vehicle is None:
+            return None
+        vehicle.down_seq += 1
+        self.dirty.add(vid)
+        return Reply(topics.down(vid, kind), build(vehicle.down_seq), retain=False)  # type: ignore[arg-type]
 
     def _state(self, vid: str, vehicle: VehicleState, now: datetime, reply_to: int | None) -> Reply:
         content, key = self._content(vid, now)

@@ -46,6 +46,12 @@ class VehicleEvents(Protocol):
         """``vid`` was revoked in the store: refuse its messages, CRL it, disconnect it."""
         ...
 
+    async def insurer_webhook(
+        self, code: str, body: bytes, timestamp: str | None, signature: str | None
+    ) -> tuple[int, dict[str, str]]:
+        """An insurer's signed delivery (payment done): the HTTP status and JSON answer."""
+        ...
+
 
 class NoEvents:
     """Events that go nowhere: an API running without a worker beside it."""
@@ -55,6 +61,12 @@ class NoEvents:
 
     async def vehicle_revoked(self, vid: str) -> None:
         """Nothing to tell."""
+
+    async def insurer_webhook(
+        self, code: str, body: bytes, timestamp: str | None, signature: str | None
+    ) -> tuple[int, dict[str, str]]:
+        """No worker to take it: try again later."""
+        return 503, {"error": "not_ready", "message": "no renewal worker in this process"}
 
 
 @dataclass

@@ -13,10 +13,11 @@ however often it is retried); a payment is taken once per order; the new term mu
 start the day after the old one ends (no gap, no overlap), or the flow fails.
 """
 
-from dataclasses import dataclass, field, replace
+import json
+from dataclasses import asdict, dataclass, field, replace
 from datetime import date, datetime
 from enum import StrEnum
-from typing import Final
+from typing import Any, Final
 
 from agent.protocol import calendar
 
@@ -188,3 +189,47 @@ def decline(flow: Flow, intent_id: str) -> Flow:
     if flow.stage not in (Stage.QUOTES, Stage.AWAITING_PAYMENT, Stage.QUOTING):
         return flow
     return flow.to(Stage.DECLINED, intent_id=intent_id)
+
+
+TERMINAL: Final = frozenset(
+    {Stage.ISSUED, Stage.RENEWED_ELSEWHERE, Stage.NOT_RENEWED, Stage.DECLINED, Stage.FAILED}
+)
+
+
+def to_json(flow: Flow) -> str:
+    """The flow as stored (JSON text)."""
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, datetime | date):
+            return value.isoformat()
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [plain(v) for v in value]
+        return value
+
+    return json.dumps(plain(asdict(flow)), ensure_ascii=False, separators=(",", ":"))
+
+
+def from_json(text: str) -> Flow:
+    """A stored flow back (raise ValueError/KeyError on a corrupt row)."""
+    d = json.loads(text)
+
+    def day(v: str | None) -> date | None:
+        return None if v is None else date.fromisoformat(v)
+
+    quotes = tuple(
+        QuoteOffer(
+            q["quote_id"], q["insurer_code"], q["insurer_name"], date.fromisoformat(q["start"]),
+            date.fromisoformat(q["end"]), q["ctpl"], q["floating_rate"],
+            q["vehicle_vessel_tax"], q["total"], datetime.fromisoformat(q["expires_at"]),
+        )
+        for q in d["quotes"]
+    )  # fmt: skip
+    return Flow(
+        renewal_id=d["renewal_id"], vid=d["vid"], stage=Stage(d["stage"]),
+        old_end=day(d["old_end"]), intent_id=d["intent_id"], quotes=quotes,
+        chosen=d["chosen"], bind_key=d["bind_key"], order_id=d["order_id"],
+        insurer_code=d["insurer_code"], payment_url=d["payment_url"], amount=d["amount"],
+        new_end=day(d["new_end"]), message=d["message"], history=tuple(d["history"]),
+    )  # fmt: skip

@@ -28,6 +28,7 @@ from .enrollment import ClaimRow, FleetRow, VehicleRow
 from .errors import StoreError
 from .handler import CounterRow, IntentRow, VehicleState
 from .policy import PolicyRecord
+from .renewal_flow import Flow, from_json, to_json
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vehicles (
@@ -92,6 +93,15 @@ CREATE TABLE IF NOT EXISTS certificates (
     issued_at TEXT NOT NULL
 ) STRICT;
 CREATE INDEX IF NOT EXISTS certificates_by_vid ON certificates(vid);
+CREATE TABLE IF NOT EXISTS renewals (
+    renewal_id TEXT PRIMARY KEY,
+    vid TEXT NOT NULL REFERENCES vehicles(vid),
+    stage TEXT NOT NULL,
+    flow TEXT NOT NULL,
+    order_id TEXT UNIQUE,
+    updated_at TEXT NOT NULL
+) STRICT;
+CREATE INDEX IF NOT EXISTS renewals_by_vid ON renewals(vid, updated_at);
 CREATE TABLE IF NOT EXISTS intents (
     vid TEXT NOT NULL REFERENCES vehicles(vid),
     intent_id TEXT NOT NULL,
@@ -99,12 +109,14 @@ CREATE TABLE IF NOT EXISTS intents (
     body BLOB NOT NULL,
     seq INTEGER NOT NULL,
     received_at TEXT NOT NULL,
+    processed_at TEXT,
     PRIMARY KEY (vid, intent_id)
 ) STRICT;
 """
 # Serials are decimal TEXT: they run to 159 bits, past SQLite's 64-bit INTEGER.
 
 _ADDED_VEHICLE_COLUMNS: Final = {
+    "plate": "TEXT",
     "fleet_id": "TEXT REFERENCES fleets(fleet_id)",
     "revoked_at": "TEXT",
     "renew_seq": "INTEGER NOT NULL DEFAULT 0",
@@ -114,6 +126,7 @@ _ADDED_COLUMNS: Final = {
     "vehicles": _ADDED_VEHICLE_COLUMNS,
     "policies": {"plate_masked": "TEXT"},
     "policy_seeds": {"plate_masked": "TEXT"},
+    "intents": {"processed_at": "TEXT"},
 }
 """Per table: columns an older store lacks (appended, so column order stays stable)."""
 
@@ -230,7 +243,8 @@ class Store:
             new = 0
             for i in intents:
                 cursor = await self._db.execute(
-                    "INSERT OR IGNORE INTO intents VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO intents"
+                    " (vid, intent_id, type, body, seq, received_at) VALUES (?, ?, ?, ?, ?, ?)",
                     (i.vid, i.intent_id, i.type, i.body, i.seq, _ts(i.received_at)),
                 )
                 new += max(cursor.rowcount, 0)
@@ -528,6 +542,68 @@ class Store:
             IntentRow(r[0], r[1], r[2], bytes(r[3]), r[4], datetime.fromisoformat(r[5]))
             for r in rows
         ]
+
+    async def unprocessed_intents(self, type_: str) -> list[IntentRow]:
+        """Recorded intents of ``type_`` not yet acted on, oldest first."""
+        rows = await self._rows(
+            "SELECT vid, intent_id, type, body, seq, received_at FROM intents"
+            " WHERE type = ? AND processed_at IS NULL ORDER BY received_at, seq",
+            (type_,),
+        )
+        return [
+            IntentRow(r[0], r[1], r[2], bytes(r[3]), r[4], datetime.fromisoformat(r[5]))
+            for r in rows
+        ]
+
+    async def mark_processed(self, vid: str, intent_id: str, now: datetime) -> None:
+        """Note that intent (vid, intent_id) was acted on."""
+        async with self._transaction("mark intent processed") as db:
+            await db.execute(
+                "UPDATE intents SET processed_at = ? WHERE vid = ? AND intent_id = ?",
+                (_ts(now), vid, intent_id),
+            )
+
+    async def save_flow(
+        self, flow: Flow, now: datetime, policy: PolicyRecord | None = None
+    ) -> None:
+        """Store the renewal flow (and the policy it issued, in the same transaction)."""
+        async with self._transaction("save renewal") as db:
+            await db.execute(
+                "INSERT INTO renewals (renewal_id, vid, stage, flow, order_id, updated_at)"
+                " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (renewal_id) DO UPDATE SET"
+                " stage = excluded.stage, flow = excluded.flow, order_id = excluded.order_id,"
+                " updated_at = excluded.updated_at",
+                (flow.renewal_id, flow.vid, flow.stage.value, to_json(flow), flow.order_id,
+                 _ts(now)),
+            )  # fmt: skip
+            if policy is not None:
+                await db.execute(
+                    "INSERT OR REPLACE INTO policies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (policy.vid, policy.insurer_code, policy.insurer_name,
+                     policy.policy_no_masked, policy.coverage_start.isoformat(),
+                     policy.coverage_end.isoformat(), policy.source,
+                     policy.verified_at.isoformat(), policy.override, policy.plate_masked),
+                )  # fmt: skip
+
+    async def flows(self, where: str, params: tuple[object, ...]) -> list[Flow]:
+        """Renewal flows matching one of the fixed conditions below, newest first."""
+        sql = {
+            "id": "SELECT flow FROM renewals WHERE renewal_id = ?",
+            "order": "SELECT flow FROM renewals WHERE order_id = ?",
+            "vid": "SELECT flow FROM renewals WHERE vid = ? ORDER BY updated_at DESC",
+            "stage": "SELECT flow FROM renewals WHERE stage = ? ORDER BY updated_at",
+        }[where]
+        return [from_json(r[0]) for r in await self._rows(sql, params)]
+
+    async def vehicle_identity(self, vid: str) -> tuple[str | None, str | None]:
+        """The VIN and the clear plate of ``vid`` (for source look-ups only; never logged)."""
+        rows = await self._rows("SELECT vin, plate FROM vehicles WHERE vid = ?", (vid,))
+        return (rows[0][0], rows[0][1]) if rows else (None, None)
+
+    async def set_plate(self, vid: str, plate: str) -> None:
+        """Record the vehicle's plate in clear (the sources look policies up by it)."""
+        async with self._transaction("set plate") as db:
+            await db.execute("UPDATE vehicles SET plate = ? WHERE vid = ?", (plate, vid))
 
     async def count_vehicles(self) -> int:
         """How many vehicles are registered, revoked ones included."""

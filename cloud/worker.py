@@ -29,9 +29,14 @@ from .errors import LinkError, StoreError
 from .handler import CounterRow, IntentRow, Reply, RequestHandler, VehicleState
 from .link import MqttLink, tls_context
 from .pki import CertificateAuthority
+from .policy import PolicyRecord
+from .renewal_flow import Flow, FlowError
+from .renewals import RenewalService, update_body
 from .revocation import BrokerControl, sighup_from_pid_file
 from .signing_keys import load_signing_keys
+from .sources_config import build_sources
 from .store import Store, vin_digest_of
+from .webhooks import WebhookError, order_paid, verify
 
 log = logging.getLogger(__name__)
 RECONNECT_CAP_S = 30.0
@@ -54,6 +59,10 @@ class Worker:
         self.signing_keys = load_signing_keys(config)
         self._signer = Signer(self.signing_keys.newest)
         self._inbox: list[tuple[str, bytes]] = []
+        self._outbound: list[Reply] = []
+        """Cloud-initiated messages (renewal updates, pushed states) for the next commit."""
+        self._renewal_wake = asyncio.Event()
+        self.renewals: RenewalService | None = None
 
         self._wake = asyncio.Event()
         self.handler: RequestHandler | None = None
@@ -93,8 +102,12 @@ class Worker:
                 clean_start=True,
                 keepalive_s=self.config.keepalive_s,
             )
+            self.renewals = RenewalService(
+                store, *build_sources(self.config), notifier=self, now=self.clock.now
+            )
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._flush_loop(counters_store, link), name="cloud-flush")
+                tg.create_task(self._renewal_loop(self.renewals), name="cloud-renewals")
                 tg.create_task(self._connection_loop(link), name="cloud-connection")
                 if self.config.http_port is not None:
                     tg.create_task(self._serve_api(), name="cloud-api")
@@ -144,6 +157,67 @@ class Worker:
         self.handler.dirty.discard(vid)
         if self._broker_control is not None and self._store is not None:
             await self._broker_control.revoke(vid, await self._store.revoked_serials())
+
+    async def _renewal_loop(self, service: RenewalService) -> None:
+        """Act on recorded renewal requests, each once; first what a crash left half done."""
+        await service.resume()
+        while True:
+            await self._renewal_wake.wait()
+            self._renewal_wake.clear()
+            assert self._store is not None
+            for row in await self._store.unprocessed_intents("renewal.request"):
+                try:
+                    await service.handle_intent(row)
+                except Exception:  # one bad flow must not stop the others
+                    log.exception("renewal request %s failed", row.intent_id)
+                    self.counters["renewal.internal_error"] += 1
+
+    async def renewal_changed(self, flow: Flow, error: FlowError | None = None) -> None:
+        """Tell the car where its renewal stands (published after the next commit)."""
+        assert self.handler is not None
+        now = self.clock.now()
+        reply = self.handler.push(
+            flow.vid, "renewal", lambda seq: update_body(flow, flow.vid, seq, now, error)
+        )
+        if reply is not None:
+            self._outbound.append(reply)
+            self._wake.set()
+
+    async def policy_changed(self, record: PolicyRecord) -> None:
+        """Serve ``record`` from now on and push the car its new state (retained)."""
+        assert self.handler is not None
+        self.handler.policies[record.vid] = record
+        reply = self.handler.push_state(record.vid, self.clock.now())
+        if reply is not None:
+            self._outbound.append(reply)
+            self._wake.set()
+
+    async def insurer_webhook(
+        self, code: str, body: bytes, timestamp: str | None, signature: str | None
+    ) -> tuple[int, dict[str, str]]:
+        """An insurer's signed delivery: (HTTP status, JSON answer). Never raises."""
+        secret = self.webhook_secrets.get(code)
+        try:
+            if secret is None:
+                raise WebhookError(404, "unknown_insurer", "no such insurer")
+            verify(secret, timestamp, signature, body, self.clock.now())
+            order_id, issued = order_paid(body, code)
+            if self.renewals is None:
+                raise WebhookError(503, "not_ready", "the worker is starting")
+            flow = await self.renewals.paid(order_id, issued)
+        except WebhookError as exc:
+            self.counters[f"webhook.{exc.code}"] += 1
+            return exc.status, {"error": exc.code, "message": str(exc)}
+        except FlowError as exc:
+            self.counters[f"webhook.{exc.code}"] += 1
+            return 404, {"error": exc.code, "message": str(exc)}
+        self.counters["webhook.ok"] += 1
+        return 200, {"ok": "true", "renewal_id": flow.renewal_id, "stage": flow.stage.value}
+
+    @property
+    def webhook_secrets(self) -> dict[str, bytes]:
+        """Per insurer code, the secret its webhooks are signed with."""
+        return {i.code: i.webhook_secret.get_secret_value().encode() for i in self.config.insurers}
 
     def _make_broker_control(self) -> BrokerControl | None:
         c = self.config
@@ -197,9 +271,10 @@ class Worker:
                 await self._wake.wait()
                 self._wake.clear()
                 batch, self._inbox = self._inbox, []
-                if not batch:
+                pushed, self._outbound = self._outbound, []
+                if not batch and not pushed:
                     continue
-                replies = self._handle_batch(handler, batch)
+                replies = self._handle_batch(handler, batch) + pushed
                 dirty, handler.dirty = handler.dirty, set()
                 rows = [handler.vehicles[vid].row(vid) for vid in dirty if vid in handler.vehicles]
                 intents, handler.intents = handler.intents, []
@@ -242,6 +317,8 @@ class Worker:
                 new = await store.save_counters(rows, intents)
                 self.counters["intents.new"] += new
                 self.counters["intents.repeated"] += len(intents) - new
+                if any(i.type == "renewal.request" for i in intents):
+                    self._renewal_wake.set()
             except StoreError:
                 log.exception("cannot persist counters; dropping %d replies", len(replies))
                 self.counters["store_error"] += 1

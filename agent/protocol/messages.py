@@ -153,11 +153,13 @@ Money = Annotated[str, Pattern(r"-?[0-9]{1,7}\.[0-9]{2}")]
 RenewalStage = Literal[
     "quoting",
     "quotes",
+    "binding",
     "awaiting_payment",
     "issued",
     "checking",
     "renewed_elsewhere",
     "not_renewed",
+    "declined",
     "failed",
 ]
 

@@ -1,0 +1,341 @@
+"""Renewal orchestration: the shell that runs ``renewal_flow`` against insurers and sources.
+
+Fed with recorded ``renewal.request`` intents (each exactly once: the store keeps one row
+per intent id, marked processed after its step), with insurer webhooks, and at start
+with whatever a crash left half done (unprocessed intents, flows in a resumable stage).
+Every state change is stored before anything is told to the car; a policy issued by a
+webhook is stored in the same transaction as the flow that issued it.
+"""
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import date, datetime
+from typing import Protocol
+
+from agent.protocol import calendar, messages
+
+from . import renewal_flow as rf
+from .handler import IntentRow
+from .policy import PolicyRecord, mask_plate
+from .renewal_flow import Flow, FlowError, QuoteOffer, Stage
+from .store import Store
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleFacts:
+    """What an insurer needs to quote (the cloud's record of the vehicle)."""
+
+    vid: str
+    vin: str
+    plate: str
+    seats: int = 5
+    displacement_l: float = 1.5
+    at_fault_history: str = "none_1y"
+
+
+@dataclass(frozen=True, slots=True)
+class Order:
+    """An insurer's answer to a bind."""
+
+    order_id: str
+    payment_url: str
+    amount: str
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedPolicy:
+    """The policy an insurer issued for a paid order."""
+
+    policy_no: str
+    insurer_code: str
+    insurer_name: str
+    plate: str
+    start: date
+    end: date
+
+
+class SourceFailure(Exception):
+    """A source or insurer call that failed; ``permanent`` when retrying cannot help."""
+
+    def __init__(self, message: str, *, permanent: bool = False) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+
+
+class Insurer(Protocol):
+    """One insurer's quote and bind API."""
+
+    code: str
+
+    async def quote(self, facts: VehicleFacts, start: date) -> QuoteOffer:
+        """A quote for the term starting on ``start``; raise SourceFailure."""
+        ...
+
+    async def bind(self, quote_id: str, idempotency_key: str) -> Order:
+        """Bind the quote (the same key again: the same order); raise SourceFailure."""
+        ...
+
+
+class Lookup(Protocol):
+    """The aggregated, freshly re-queried policy of a vehicle."""
+
+    async def refresh(self, facts: VehicleFacts) -> PolicyRecord | None:
+        """Ask the sources now; None when none knows a policy (or all failed)."""
+        ...
+
+
+class Notifier(Protocol):
+    """What the service tells the cars (the worker publishes after its commit)."""
+
+    async def renewal_changed(self, flow: Flow, error: FlowError | None = None) -> None:
+        """Send the car a ``renewal.update`` for ``flow`` (or for a refused request)."""
+        ...
+
+    async def policy_changed(self, record: PolicyRecord) -> None:
+        """Serve ``record`` from now on and push the car a new ``policy.state``."""
+        ...
+
+
+def update_body(
+    flow: Flow, vid: str, seq: int, now: datetime, error: FlowError | None = None
+) -> messages.RenewalUpdate:
+    """The ``renewal.update`` that tells the car where ``flow`` stands (or why not)."""
+    quotes = tuple(
+        messages.Quote(
+            quote_id=q.quote_id, insurer_code=q.insurer_code, insurer_name=q.insurer_name,
+            start=q.start, end=q.end, ctpl=q.ctpl, floating_rate=q.floating_rate,
+            vehicle_vessel_tax=q.vehicle_vessel_tax, total=q.total, expires_at=q.expires_at,
+        )
+        for q in flow.quotes[:5]
+    ) if flow.stage is Stage.QUOTES and error is None else ()  # fmt: skip
+    paying = flow.stage is Stage.AWAITING_PAYMENT and error is None
+    message = f"{error.code}: {error}" if error is not None else flow.message
+    return messages.RenewalUpdate(
+        vid=vid,
+        seq=seq,
+        issued_at=now,
+        renewal_id=flow.renewal_id,
+        intent_id=flow.intent_id,
+        stage="failed" if error is not None else flow.stage.value,
+        quotes=quotes,
+        payment_url=flow.payment_url if paying else None,
+        amount=flow.amount if paying else None,
+        new_end=flow.new_end,
+        message=None if message is None else message[:256],
+    )
+
+
+class RenewalService:
+    """Runs renewal flows; one step at a time per vehicle."""
+
+    def __init__(
+        self,
+        store: Store,
+        insurers: dict[str, Insurer],
+        lookup: Lookup | None,
+        notifier: Notifier,
+        now: Callable[[], datetime],
+    ) -> None:
+        self.store = store
+        self.insurers = insurers
+        self.lookup = lookup
+        self.notifier = notifier
+        self.now = now
+        self.counters: Counter[str] = Counter()
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    def _lock(self, vid: str) -> asyncio.Lock:
+        return self._locks.setdefault(vid, asyncio.Lock())
+
+    async def resume(self) -> None:
+        """Re-run what a crash left half done: resumable flows, then unprocessed intents."""
+        for stage in sorted(rf.RESUMABLE):
+            for flow in await self.store.flows("stage", (stage.value,)):
+                async with self._lock(flow.vid):
+                    await self._step(flow)
+        for row in await self.store.unprocessed_intents("renewal.request"):
+            await self.handle_intent(row)
+
+    async def handle_intent(self, row: IntentRow) -> None:
+        """Act on one recorded ``renewal.request`` (once: it is then marked processed)."""
+        body = messages.decode(row.body)
+        if not isinstance(body, messages.RenewalRequest):
+            await self.store.mark_processed(row.vid, row.intent_id, self.now())
+            return
+        async with self._lock(row.vid):
+            try:
+                await self._act(row.vid, body)
+            except FlowError as err:
+                self.counters[f"refused.{err.code}"] += 1
+                latest = await self._latest(row.vid)
+                refused = latest or rf.start(rf.renewal_id_for(body.intent_id), row.vid,
+                                             body.intent_id, None)  # fmt: skip
+                await self.notifier.renewal_changed(replace(refused, intent_id=body.intent_id), err)
+            await self.store.mark_processed(row.vid, row.intent_id, self.now())
+
+    async def _latest(self, vid: str) -> Flow | None:
+        flows = await self.store.flows("vid", (vid,))
+        return flows[0] if flows else None
+
+    async def _act(self, vid: str, body: messages.RenewalRequest) -> None:
+        latest = await self._latest(vid)
+        self.counters[f"request.{body.action}"] += 1
+        if body.action == "quote":
+            under_way = latest is not None and latest.stage in rf.OPEN - {Stage.QUOTING}
+            if (
+                latest is not None
+                and under_way
+                and (latest.stage is not Stage.QUOTES or self._quotes_live(latest))
+            ):
+                await self.notifier.renewal_changed(latest)  # already under way: say so
+                return
+            policies = await self.store.load_policies(vid)
+            old = policies.get(vid)
+            flow = rf.start(rf.renewal_id_for(body.intent_id), vid, body.intent_id,
+                            None if old is None else old.coverage_end)  # fmt: skip
+            await self._save(flow)
+            await self._step(flow)
+        elif body.action == "accept":
+            if latest is None:
+                raise FlowError("no_quotes", "no quotes to accept: ask for quotes first")
+            flow = rf.accept(latest, body.intent_id, body.quote_id, self.now())
+            if flow != latest:
+                await self._save(flow)
+            await self._step(flow)
+        elif body.action == "decline":
+            if latest is not None:
+                flow = rf.decline(latest, body.intent_id)
+                if flow != latest:
+                    await self._save(flow)
+        elif body.action == "already_renewed":
+            base = latest if latest is not None and latest.stage not in rf.TERMINAL else None
+            if base is None:
+                policies = await self.store.load_policies(vid)
+                old = policies.get(vid)
+                base = rf.start(rf.renewal_id_for(body.intent_id), vid, body.intent_id,
+                                None if old is None else old.coverage_end)  # fmt: skip
+            flow = rf.check(base, body.intent_id)
+            await self._save(flow)
+            await self._step(flow)
+
+    def _quotes_live(self, flow: Flow) -> bool:
+        now = self.now()
+        return any(q.expires_at > now for q in flow.quotes)
+
+    async def _save(self, flow: Flow, policy: PolicyRecord | None = None) -> None:
+        await self.store.save_flow(flow, self.now(), policy)
+        await self.notifier.renewal_changed(flow)
+
+    async def _step(self, flow: Flow) -> Flow:
+        """Run the effect of ``flow``'s stage (quote, bind, check) and store the outcome."""
+        if flow.stage is Stage.QUOTING:
+            nxt = rf.quotes_ready(flow, await self._quotes(flow))
+        elif flow.stage is Stage.BINDING:
+            nxt = await self._bind(flow)
+        elif flow.stage is Stage.CHECKING:
+            return await self._check(flow)
+        else:
+            return flow
+        if nxt != flow:
+            await self._save(nxt)
+        return nxt
+
+    async def _facts(self, vid: str) -> VehicleFacts | None:
+        vin, plate = await self.store.vehicle_identity(vid)
+        if vin is None or plate is None:
+            return None
+        return VehicleFacts(vid, vin, plate)
+
+    async def _quotes(self, flow: Flow) -> list[QuoteOffer]:
+        facts = await self._facts(flow.vid)
+        if facts is None:
+            self.counters["quote.no_identity"] += 1
+            return []
+        start = calendar.renewal_start(flow.old_end) if flow.old_end else self.now().date()
+        answers = await asyncio.gather(
+            *(insurer.quote(facts, start) for insurer in self.insurers.values()),
+            return_exceptions=True,
+        )
+        offers: list[QuoteOffer] = []
+        for code, answer in zip(self.insurers, answers, strict=True):
+            if isinstance(answer, QuoteOffer):
+                offers.append(answer)
+            else:
+                self.counters[f"quote.failed.{code}"] += 1
+                log.warning("quote from %s failed: %s", code, answer)
+        return offers
+
+    async def _bind(self, flow: Flow) -> Flow:
+        insurer = self.insurers.get(flow.insurer_code or "")
+        if insurer is None or flow.chosen is None or flow.bind_key is None:
+            return rf.bind_failed(flow, "the chosen insurer is not available")
+        try:
+            order = await insurer.bind(flow.chosen, flow.bind_key)
+        except SourceFailure as exc:
+            self.counters["bind.failed"] += 1
+            if exc.permanent:
+                return rf.bind_failed(flow, f"the insurer refused: {exc}")
+            return flow  # stays BINDING: resumed (same key, same order) on the next start
+        self.counters["bind.ok"] += 1
+        return rf.bound(flow, order.order_id, order.payment_url, order.amount)
+
+    async def _check(self, flow: Flow) -> Flow:
+        facts = await self._facts(flow.vid)
+        record = None
+        if facts is not None and self.lookup is not None:
+            record = await self.lookup.refresh(facts)
+        newer = record is not None and (flow.old_end is None or record.coverage_end > flow.old_end)
+        nxt = rf.checked(flow, record.coverage_end if record is not None and newer else None)
+        if nxt.stage is Stage.RENEWED_ELSEWHERE and record is not None:
+            await self._save(nxt, policy=record)
+            await self.notifier.policy_changed(record)
+        elif nxt != flow:
+            await self._save(nxt)
+        return nxt
+
+    async def paid(self, order_id: str, issued: IssuedPolicy) -> Flow:
+        """The insurer's webhook for ``order_id``: issue the new term exactly once.
+
+        Raise FlowError (``unknown_order``) when no flow awaits that order; a repeated
+        webhook changes nothing and returns the issued flow.
+        """
+        flows = await self.store.flows("order", (order_id,))
+        if not flows:
+            raise FlowError("unknown_order", "no renewal awaits payment for that order")
+        async with self._lock(flows[0].vid):
+            flow = (await self.store.flows("order", (order_id,)))[0]
+            nxt = rf.paid(flow, order_id, issued.start, issued.end)
+            if nxt == flow:
+                self.counters["webhook.repeated"] += 1
+                return flow
+            if nxt.stage is not Stage.ISSUED:
+                await self._save(nxt)
+                return nxt
+            record = PolicyRecord(
+                vid=flow.vid,
+                insurer_code=issued.insurer_code,
+                insurer_name=issued.insurer_name,
+                policy_no_masked=_mask_policy_no(issued.policy_no),
+                coverage_start=issued.start,
+                coverage_end=issued.end,
+                source=issued.insurer_code.lower(),
+                verified_at=self.now(),
+                plate_masked=mask_plate(issued.plate),
+            )
+            await self._save(nxt, policy=record)
+            self.counters["issued"] += 1
+            await self.notifier.policy_changed(record)
+            return nxt
+
+
+def _mask_policy_no(policy_no: str) -> str:
+    """A policy number as cars and screens see it: the first 4 and last 4 characters."""
+    clean = "".join(c for c in policy_no.upper() if c.isalnum())
+    if len(clean) <= 8:
+        return (clean[:2] + "****")[:32]
+    return f"{clean[:4]}****{clean[-4:]}"
