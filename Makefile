@@ -28,11 +28,14 @@ mosquitto:
 	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends mosquitto; }
 
 # Chromium from Debian's packages for the head-unit and dashboard browser tests
-# (Playwright drives it; Playwright's own browser download is not used).
+# (Playwright drives it; Playwright's own browser download is not used), and a CJK font
+# so that zh-CN pages render (and their screenshots show) real characters.
 chromium:
-	@command -v chromium >/dev/null || [ -x /usr/bin/chromium ] || { \
-	  echo "Installing Chromium with apt-get"; \
-	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }
+	@{ command -v chromium >/dev/null || [ -x /usr/bin/chromium ]; } && \
+	  [ -e /usr/share/fonts/truetype/wqy/wqy-microhei.ttc ] || { \
+	  echo "Installing Chromium and a CJK font with apt-get"; \
+	  $(SUDO) apt-get update && \
+	  $(SUDO) apt-get install -y --no-install-recommends chromium fonts-wqy-microhei; }
 
 demo: bootstrap
 	$(BIN)/ctpl-sim demo --cars 20

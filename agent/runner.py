@@ -111,7 +111,10 @@ class Agent:
     (an ``issued_at`` below the floor);
     ``intent_events`` tallies the outbox: ``recorded``, ``sent``, ``resent`` (sent
     again for want of a receipt), ``receipted``, ``receipt_repeated`` (a receipt for an
-    intent that already had one, or none the outbox holds), ``send_failed``.
+    intent that already had one, or none the outbox holds), ``send_failed``;
+    ``head_unit_requests`` tallies the head unit's HTTP outcomes: ``page``, ``state``,
+    ``events``, ``answer``, or the error code sent (``bad_request``, ``stale_prompt``,
+    ``forbidden_origin``, …: docs/head-unit.md).
     """
 
     def __init__(
@@ -129,6 +132,7 @@ class Agent:
         self.keyset_fetches: Counter[str] = Counter()
         self.time_events: Counter[str] = Counter()
         self.intent_events: Counter[str] = Counter()
+        self.head_unit_requests: Counter[str] = Counter()
         self.sync = sync.Sync()
         self._first_ask: int | None = None
         self._clock = clock or SystemClock()
@@ -732,7 +736,13 @@ class Agent:
             self.head_unit_url = url
             log.info("%s: head unit at %s", self.config.vid, url)
 
-        await head_unit_http.serve(self.head_unit, self.config.head_unit_host, port, ready=ready)
+        await head_unit_http.serve(
+            self.head_unit,
+            self.config.head_unit_host,
+            port,
+            ready=ready,
+            counters=self.head_unit_requests,
+        )
 
     async def _hold(self, state: PolicyState) -> None:
         self._state = state

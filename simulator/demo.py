@@ -8,10 +8,14 @@ import shutil
 import signal
 import subprocess
 import sys
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Final
 
 from agent.protocol import calendar
+from agent.runner import Agent
+from agent.vehicle import SimulatedBus
 from cloud.fleet_file import import_files
 from cloud.pki import DevPki, write_dev_pki, write_private
 from cloud.store import Store
@@ -31,7 +35,9 @@ def _bar(what: str, done: int, total: int) -> None:
 
 def _table(fleet: SimulatedFleet) -> str:
     now = datetime.now(UTC)
-    lines = [f"  {'vid':<18} {'status':<9} {'insurer':<8} {'ends':<10} {'days':>5} {'ver':>4}"]
+    lines = [
+        f"  {'vid':<18} {'status':<9} {'insurer':<8} {'ends':<10} {'days':>5} {'ver':>4}  head unit"
+    ]
     for a in fleet.agents:
         s = a.state
         if s is None:
@@ -41,9 +47,18 @@ def _table(fleet: SimulatedFleet) -> str:
         days = str(calendar.days_left(now, s.coverage_end)) if s.coverage_end else "-"
         lines.append(
             f"  {a.config.vid:<18} {s.status:<9} {s.insurer_code or '-':<8} {end:<10} "
-            f"{days:>5} {s.version:>4}"
+            f"{days:>5} {s.version:>4}  {_head_unit(a)}"
         )
     return "\n".join(lines)
+
+
+def _head_unit(agent: Agent) -> str:
+    """What the car's head unit shows, in a few words."""
+    hu = agent.head_unit
+    moving = " (moving)" if hu.signals.moving else ""
+    if hu.on_screen is not None:
+        return f"prompt {hu.on_screen.prompt.stage}{moving}"
+    return f"{hu.snapshot()['status']}{moving}"
 
 
 async def _cloud_ready(
@@ -106,7 +121,10 @@ async def run_demo(workdir: Path, cars: int, duration_s: float | None) -> int:
                 url, pki.ca_cert, pki.root_pub, operator, workdir / "cars", cars,
                 lambda d, t: _bar("gateways enrolled", d, t),
             )  # fmt: skip
-            ok = await _run_fleet(SimulatedFleet(configs), broker, pki, workdir, duration_s)
+            # Every car gets a head unit on a free local port and simulated signals.
+            configs = [replace(c, head_unit_port=0, bus_poll_s=0.5) for c in configs]
+            fleet = SimulatedFleet(configs, [_bus(i) for i in range(len(configs))])
+            ok = await _run_fleet(fleet, broker, pki, workdir, duration_s)
         finally:
             cloud.terminate()
             try:
@@ -116,6 +134,40 @@ async def run_demo(workdir: Path, cars: int, duration_s: float | None) -> int:
             log.close()
     print("Stopped." if ok else "Stopped; not every car got a verified state (see the logs).")
     return 0 if ok else 1
+
+
+LAPSED_DRIVING: Final = 8
+"""The demo car whose policy lapsed (see simulator.fleet) and which is being driven."""
+COMMUTER: Final = 4
+"""The demo car that drives and parks in turn (its prompt hides while it moves)."""
+
+
+def _bus(i: int) -> SimulatedBus:
+    """Car ``i``'s signals: parked with the ignition on, but the lapsed one drives."""
+    return SimulatedBus(
+        ignition_on=True, speed_kmh=40.0 if i == LAPSED_DRIVING else 0.0, vin=synthetic_vin(i)
+    )
+
+
+async def _commute(fleet: SimulatedFleet, every_s: float = 20.0) -> None:
+    """Car COMMUTER drives for ``every_s``, then parks for as long, over and over."""
+    if fleet.buses is None or len(fleet.buses) <= COMMUTER:
+        return
+    bus = fleet.buses[COMMUTER]
+    while True:
+        await asyncio.sleep(every_s)
+        bus.speed_kmh = 30.0 if bus.speed_kmh == 0 else 0.0
+
+
+def _showcase(fleet: SimulatedFleet) -> str:
+    """Head-unit URLs of a few cars: one with a prompt on screen first."""
+    lines = []
+    for a in sorted(fleet.agents, key=lambda a: a.head_unit.on_screen is None)[:3]:
+        shown = a.head_unit.snapshot()
+        prompt = shown["prompt"]
+        what = f"prompt {prompt['stage']} on screen" if prompt else f"status {shown['status']}"
+        lines.append(f"  head unit of {a.config.vid} ({what}): {a.head_unit_url}")
+    return "\n".join(lines)
 
 
 async def _run_fleet(
@@ -128,12 +180,16 @@ async def _run_fleet(
     try:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(fleet.run(), name="fleet")
+            commute = tg.create_task(_commute(fleet), name="commute")
             print(f"Starting {len(fleet.agents)} cars (each a real agent with its own SQLite)")
             ok = await fleet.wait_all_verified(
                 60.0, lambda d, t: _bar("cars holding a verified policy state", d, t)
             )
+            await asyncio.sleep(1.0)  # a poll of the buses and a decision for every car
             print(_table(fleet))
             first = workdir / "cars" / "car-000" / "agent.toml"
+            print("\nHead units (open in a browser; prompts show live, never while moving):")
+            print(_showcase(fleet))
             print(
                 "\nLook at:\n"
                 f"  one car's verified state: .venv/bin/ctpl-agent status --config {first}\n"
@@ -148,6 +204,7 @@ async def _run_fleet(
                     async with asyncio.timeout(duration_s):
                         await stop.wait()
             print("Stopping cars, cloud and broker...")
+            commute.cancel()
             fleet.stop()
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):

@@ -308,7 +308,7 @@ def test_wrong_json_types_and_values_are_refused(data: bytes) -> None:
 
 @pytest.mark.parametrize(
     "type_",
-    ["renewal.update", "vehicle.events", "intent.receipts", "online", "STATUS.REQUEST", "", 5],
+    ["renewal.updates", "vehicle.events", "intent.receipts", "online", "STATUS.REQUEST", "", 5],
 )
 def test_unknown_type_is_unsupported_type(type_: object) -> None:
     with pytest.raises(BodyError) as info:
