@@ -98,9 +98,11 @@ async def import_files(
     if policies is not None:
         for p in _load(policies, TypeAdapter(list[PolicyEntry])):
             await store.put_policy(p.record(p.vid))
+            if p.plate is not None:
+                await store.set_plate(p.vid, p.plate)
             np += 1
     if seeds is not None:
         for seed in _load(seeds, TypeAdapter(list[PolicySeedEntry])):
-            await store.put_policy_seed(seed.vin, seed.record("v0000000"))
+            await store.put_policy_seed(seed.vin, seed.record("v0000000"), seed.plate)
             np += 1
     return nv, np

@@ -121,8 +121,12 @@ def quotes_ready(flow: Flow, offers: list[QuoteOffer]) -> Flow:
 
 def accept(flow: Flow, intent_id: str, quote_id: str | None, now: datetime) -> Flow:
     """The driver's consent naming a quote; raise FlowError when it cannot be taken."""
-    if flow.stage in (Stage.BINDING, Stage.AWAITING_PAYMENT) and flow.bind_key == intent_id:
-        return flow  # the same consent again: already under way
+    if flow.stage in (Stage.BINDING, Stage.AWAITING_PAYMENT) and (
+        flow.bind_key == intent_id or flow.chosen == quote_id
+    ):
+        return flow  # the same consent (or the same choice) again: already under way
+    if flow.stage in (Stage.BINDING, Stage.AWAITING_PAYMENT):
+        raise FlowError("renewal_under_way", "another quote is already being paid for")
     if flow.stage is not Stage.QUOTES:
         raise FlowError("no_quotes", f"no quotes to accept (renewal is {flow.stage.value})")
     quote = next((q for q in flow.quotes if q.quote_id == quote_id), None)

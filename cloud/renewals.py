@@ -172,10 +172,17 @@ class RenewalService:
                 await self._act(row.vid, body)
             except FlowError as err:
                 self.counters[f"refused.{err.code}"] += 1
+                log.info("%s: renewal request refused: %s", row.vid, err)
                 latest = await self._latest(row.vid)
-                refused = latest or rf.start(rf.renewal_id_for(body.intent_id), row.vid,
-                                             body.intent_id, None)  # fmt: skip
-                await self.notifier.renewal_changed(replace(refused, intent_id=body.intent_id), err)
+                if latest is not None and latest.stage in rf.OPEN:
+                    await self.notifier.renewal_changed(latest)  # what stands, unchanged
+                else:
+                    refused = latest or rf.start(
+                        rf.renewal_id_for(body.intent_id), row.vid, body.intent_id, None
+                    )
+                    await self.notifier.renewal_changed(
+                        replace(refused, intent_id=body.intent_id), err
+                    )
             await self.store.mark_processed(row.vid, row.intent_id, self.now())
 
     async def _latest(self, vid: str) -> Flow | None:

@@ -1,9 +1,93 @@
-"""The insurer and look-up adapters a worker runs renewals with, built from its config."""
+"""The insurer and look-up adapters a worker runs renewals with, built from its config.
+
+They fit the source clients of ``cloud.sources`` (httpx, retries, a breaker per source)
+to the ports ``cloud.renewals`` needs, so the renewal flow never sees HTTP.
+"""
+
+from datetime import date
+from typing import cast
 
 from .config import CloudConfig
-from .renewals import Insurer, Lookup
+from .policy import PolicyRecord
+from .renewal_flow import QuoteOffer
+from .renewals import Insurer, Lookup, Order, SourceFailure, VehicleFacts
+from .sources import (
+    AtFaultHistory,
+    InsurerClient,
+    SourceConfig,
+    SourceError,
+    SourceRegistry,
+    SourcesConfig,
+)
+
+PERMANENT = frozenset({"not_found", "conflict", "gone", "refused", "invalid"})
+"""Source failures that retrying cannot mend (an expired or unknown quote, say)."""
+
+
+class InsurerAdapter:
+    """One insurer's quote and bind, as the renewal flow asks for them."""
+
+    def __init__(self, code: str, client: InsurerClient) -> None:
+        self.code = code
+        self.client = client
+
+    async def quote(self, facts: VehicleFacts, start: date) -> QuoteOffer:
+        """A quote for the term starting on ``start``; raise SourceFailure."""
+        try:
+            q = await self.client.quote(
+                facts.plate,
+                facts.vin,
+                seats=facts.seats,
+                displacement_l=facts.displacement_l,
+                at_fault_history=cast(AtFaultHistory, facts.at_fault_history),
+                start=start,
+            )
+        except SourceError as exc:
+            raise SourceFailure(str(exc), permanent=exc.reason in PERMANENT) from exc
+        p = q.premium
+        return QuoteOffer(
+            quote_id=q.quote_id, insurer_code=q.insurer_code, insurer_name=q.insurer_name,
+            start=q.start, end=q.end, ctpl=f"{p.ctpl:.2f}", floating_rate=f"{p.floating_rate:.2f}",
+            vehicle_vessel_tax=f"{p.vehicle_vessel_tax:.2f}", total=f"{p.total:.2f}",
+            expires_at=q.expires_at,
+        )  # fmt: skip
+
+    async def bind(self, quote_id: str, idempotency_key: str) -> Order:
+        """Bind the quote; the same key again gives the same order. Raise SourceFailure."""
+        try:
+            order = await self.client.bind(quote_id, idempotency_key)
+        except SourceError as exc:
+            raise SourceFailure(str(exc), permanent=exc.reason in PERMANENT) from exc
+        return Order(order.order_id, order.payment_url, f"{order.amount:.2f}")
+
+
+class LookupAdapter:
+    """The aggregated policy of a vehicle, asked of every source now."""
+
+    def __init__(self, registry: SourceRegistry) -> None:
+        self.registry = registry
+
+    async def refresh(self, facts: VehicleFacts) -> PolicyRecord | None:
+        """Force a look-up round; the record to store, or None when nothing is known."""
+        found = await self.registry.refresh(facts.plate, facts.vin, force=True)
+        return found.record(facts.vid)
+
+
+def sources_config(config: CloudConfig) -> SourcesConfig | None:
+    """The source clients' configuration from the cloud's; None without sources."""
+    sources = [SourceConfig(name=i.code, kind="insurer", base_url=i.url) for i in config.insurers]
+    if config.national_url is not None:
+        sources.append(SourceConfig(name="national", kind="national", base_url=config.national_url))
+    return SourcesConfig(sources=tuple(sources)) if sources else None
 
 
 def build_sources(config: CloudConfig) -> tuple[dict[str, Insurer], Lookup | None]:
     """The insurers (by code) and the aggregated look-up the config names."""
-    return {}, None
+    cfg = sources_config(config)
+    if cfg is None:
+        return {}, None
+    registry = SourceRegistry(cfg)
+    insurers: dict[str, Insurer] = {
+        i.code: InsurerAdapter(i.code, registry.insurer(i.code)) for i in config.insurers
+    }
+    return insurers, LookupAdapter(registry)

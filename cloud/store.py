@@ -125,7 +125,7 @@ _ADDED_VEHICLE_COLUMNS: Final = {
 _ADDED_COLUMNS: Final = {
     "vehicles": _ADDED_VEHICLE_COLUMNS,
     "policies": {"plate_masked": "TEXT"},
-    "policy_seeds": {"plate_masked": "TEXT"},
+    "policy_seeds": {"plate_masked": "TEXT", "plate": "TEXT"},
     "intents": {"processed_at": "TEXT"},
 }
 """Per table: columns an older store lacks (appended, so column order stays stable)."""
@@ -305,18 +305,20 @@ class Store:
             raise StoreError(f"cannot load policies: {exc}") from exc
         return out
 
-    async def put_policy_seed(self, vin: str, r: PolicyRecord) -> None:
+    async def put_policy_seed(self, vin: str, r: PolicyRecord, plate: str | None = None) -> None:
         """Hold ``r`` (its vid ignored) for the vehicle that enrolls with ``vin``.
 
         A stand-in for looking the policy up by VIN at the authoritative sources.
         """
         await self._write(
-            "INSERT OR REPLACE INTO policy_seeds VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO policy_seeds (vin, insurer_code, insurer_name,"
+            " policy_no_masked, coverage_start, coverage_end, source, verified_at, plate_masked,"
+            " plate) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
                     vin, r.insurer_code, r.insurer_name, r.policy_no_masked,
                     r.coverage_start.isoformat(), r.coverage_end.isoformat(), r.source,
-                    r.verified_at.isoformat(), r.plate_masked,
+                    r.verified_at.isoformat(), r.plate_masked, plate,
                 )
             ],
         )  # fmt: skip
@@ -329,6 +331,11 @@ class Store:
                 "s.policy_no_masked, s.coverage_start, s.coverage_end, s.source, s.verified_at, "
                 "NULL, s.plate_masked "
                 "FROM vehicles v JOIN policy_seeds s ON s.vin = v.vin WHERE v.vid = ?",
+                (vid,),
+            )
+            await db.execute(
+                "UPDATE vehicles SET plate = (SELECT s.plate FROM policy_seeds s"
+                " WHERE s.vin = vehicles.vin) WHERE vid = ? AND plate IS NULL",
                 (vid,),
             )
         return (await self.load_policies(vid)).get(vid)

@@ -40,6 +40,7 @@ def test_quote_accept_bind_pay_issue() -> None:
 def test_every_step_is_safe_to_repeat() -> None:
     flow = rf.accept(quoted(), YES, "q1", NOW)
     assert rf.accept(flow, YES, "q1", NOW) == flow  # the same consent, re-sent
+    assert rf.accept(flow, AGAIN, "q1", NOW) == flow  # the same choice, tapped twice
     flow = rf.bound(flow, "ord_1", "https://pay.test/ord_1", "1025.00")
     assert rf.bound(flow, "ord_2", "https://pay.test/ord_2", "1.00") == flow
     assert rf.accept(flow, YES, "q1", NOW) == flow
@@ -55,8 +56,9 @@ def test_every_step_is_safe_to_repeat() -> None:
          "unknown_quote"),
         ("an expired quote", lambda f: rf.accept(f, YES, "q1", NOW + timedelta(hours=1)),
          "quote_expired"),
-        ("a second consent while binding", lambda f: rf.accept(rf.accept(f, YES, "q1", NOW),
-                                                               AGAIN, "q2", NOW), "no_quotes"),
+        ("another quote while binding",
+         lambda f: rf.accept(rf.accept(f, YES, "q1", NOW), AGAIN, "q2", NOW),
+         "renewal_under_way"),
         ("a webhook for another order", lambda f: rf.paid(
             rf.bound(rf.accept(f, YES, "q1", NOW), "ord_1", "https://p/1", "1.00"),
             "ord_X", date(2027, 1, 1), date(2027, 12, 31)), "unknown_order"),
