@@ -21,20 +21,22 @@ _worker_ids = itertools.count(1)
 
 
 async def start_worker(
-    pki: DevPki, broker: Mosquitto, db: Path
+    pki: DevPki, broker: Mosquitto, db: Path, *, seed: bool = True, **config: object
 ) -> tuple[Worker, asyncio.Task[None]]:
-    """Seed ``db`` with the PKI's vehicles and synthetic policies, then run a worker on it."""
-    policies = db.parent / "policies.json"
-    policies.write_text(json.dumps(synthetic_policies(pki.vids(), datetime.now(UTC))))
-    async with await Store.open(db) as store:
-        await import_files(store, pki.vehicles_file, policies)
-    config = CloudConfig.from_pki(
-        pki, db_path=db, broker_port=broker.port, client_id=f"test-cloud-{next(_worker_ids)}"
-    )
-    worker = Worker(config)
+    """Seed ``db`` with the PKI's vehicles and synthetic policies (unless ``seed`` is off:
+    a restart on the same store), then run a worker on it; ``config`` adds settings."""
+    if seed:
+        policies = db.parent / "policies.json"
+        policies.write_text(json.dumps(synthetic_policies(pki.vids(), datetime.now(UTC))))
+        async with await Store.open(db) as store:
+            await import_files(store, pki.vehicles_file, policies)
+    settings: dict[str, object] = {"client_id": f"test-cloud-{next(_worker_ids)}", **config}
+    worker = Worker(CloudConfig.from_pki(pki, db_path=db, broker_port=broker.port, **settings))
     task = asyncio.create_task(worker.run(), name="test-worker")
     async with asyncio.timeout(10):
         await worker.ready.wait()
+        if worker.config.http_port is not None:
+            await worker.api_ready.wait()
     return worker, task
 
 
