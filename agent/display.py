@@ -17,7 +17,8 @@ or "lapsed" only when the claim holds for every instant of that interval. The ru
    was issued at or after the end (a record issued before it cannot know of a renewal
    made elsewhere meanwhile: until the cloud confirms, unverified); ``covered`` or
    ``expiring`` (``days_left`` at the interval's latest instant within
-   ``expiring_within_days``) when the whole interval lies inside the term; ``unknown``
+   ``expiring_within_days``) when the whole interval lies inside the term (with a next
+   term bought, cover runs on to its end: ``covered_until``); ``unknown``
    when it lies wholly before the start or dates are missing; unverified when the
    interval straddles the start or the end.
 """
@@ -67,7 +68,7 @@ def _coverage(
     """The head status the dates give for the whole interval, or why none can be claimed."""
     if state.status in ("lapsed", "unknown"):
         return state.status
-    start, end = state.coverage_start, state.coverage_end
+    start, end = state.coverage_start, covered_until(state)
     if start is None or end is None:
         return "unknown"
     assert now.latest is not None
@@ -87,6 +88,12 @@ def _coverage(
     return Unverified(
         f"trusted time ({now.describe()}) straddles the start or end of coverage", now
     )
+
+
+def covered_until(state: PolicyState) -> date | None:
+    """The last day of continuous cover: the next term's end once one is bought (it starts
+    the day after this one ends), else this term's end."""
+    return state.next_coverage_end or state.coverage_end
 
 
 def view(
@@ -118,7 +125,7 @@ def view(
     insurer = state.insurer_name or state.insurer_code
     if state.insurer_name and state.insurer_code:
         insurer = f"{state.insurer_name} ({state.insurer_code})"
-    end = state.coverage_end
+    end = covered_until(state)
     return StatusView(
         status=shown,
         record_status=state.status,

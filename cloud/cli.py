@@ -4,6 +4,7 @@ roll the message-signing key."""
 import argparse
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -56,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
         default=86400.0,
         metavar="SECONDS",
         help="how long a state stays fresh on the car (default 1 day)",
+    )
+    s.add_argument(
+        "--sources",
+        type=Path,
+        metavar="JSON",
+        help='policy sources: {"national_url": …, "insurers": [{"code", "name", "url", '
+        '"webhook_secret"}]} (docs/sources.md); none: no renewal in the cloud',
     )
     s.add_argument("-v", "--verbose", action="store_true")
 
@@ -159,8 +167,22 @@ def _serve_config(a: argparse.Namespace, environ: dict[str, str] | None = None) 
             "crl_file": a.crl or (DevPki(a.pki).crl if a.pki is not None else None),
             "broker_pid_file": a.broker_pid_file,
             "admin_token": _admin_token(a, dict(os.environ) if environ is None else environ),
+            **_sources(a.sources),
         }
     )
+
+
+def _sources(path: Path | None) -> dict[str, object]:
+    """``national_url`` and ``insurers`` from a sources file (it holds webhook secrets)."""
+    if path is None:
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"ctpl-cloud serve: --sources {path}: {exc}") from exc
+    if not isinstance(data, dict) or not set(data) <= {"national_url", "insurers"}:
+        raise SystemExit(f"ctpl-cloud serve: --sources {path}: expected national_url, insurers")
+    return {"national_url": data.get("national_url"), "insurers": tuple(data.get("insurers", ()))}
 
 
 async def _import(a: argparse.Namespace) -> None:

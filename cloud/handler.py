@@ -226,6 +226,7 @@ class RequestHandler:
             plate_masked=content.plate_masked,
             claims_phone=content.claims_phone,
             vin_digest=vehicle.vin_digest,
+            next_coverage_end=content.next_coverage_end,
         )
         return Reply(topics.down(vid, "policy"), body, retain=True)
 

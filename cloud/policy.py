@@ -24,6 +24,27 @@ class PolicyRecord:
     override: Override | None = None
     plate_masked: str | None = None
     """The plate, masked (``mask_plate``); the cloud keeps no clear plate in this record."""
+    next_insurer_code: str | None = None
+    next_insurer_name: str | None = None
+    next_policy_no_masked: str | None = None
+    next_end: date | None = None
+    """The next term, when one is bought: it starts the day after ``coverage_end``."""
+
+    def rolled(self, now: datetime) -> "PolicyRecord":
+        """The term in force at ``now``: this one, or the next once this one has ended."""
+        if self.next_end is None or now < calendar.coverage_end_instant(self.coverage_end):
+            return self
+        return PolicyRecord(
+            vid=self.vid,
+            insurer_code=self.next_insurer_code or self.insurer_code,
+            insurer_name=self.next_insurer_name or self.insurer_name,
+            policy_no_masked=self.next_policy_no_masked or self.policy_no_masked,
+            coverage_start=calendar.renewal_start(self.coverage_end),
+            coverage_end=self.next_end,
+            source=self.source,
+            verified_at=self.verified_at,
+            plate_masked=self.plate_masked,
+        )
 
 
 CLAIMS_PHONES: Final = {
@@ -62,15 +83,22 @@ class StateContent:
     verified_at: datetime | None
     plate_masked: str | None = None
     claims_phone: str | None = None
+    next_coverage_end: date | None = None
 
 
 UNKNOWN = StateContent("unknown", None, None, None, None, None, "none", None)
 
 
 def status_of(record: PolicyRecord, now: datetime, expiring_within_days: int) -> str:
-    """``active``, ``expiring`` (within the window), ``lapsed``, or the record's override."""
+    """``active``, ``expiring`` (within the window), ``lapsed``, or the record's override;
+    ``renewal_pending`` while the next term is bought and this one still runs."""
     if record.override is not None:
         return record.override
+    record = record.rolled(now)
+    if record.next_end is not None and calendar.is_covered(
+        now, record.coverage_start, record.coverage_end
+    ):
+        return "renewal_pending"
     if calendar.is_covered(now, record.coverage_start, record.coverage_end):
         left = calendar.days_left(now, record.coverage_end)
         return "expiring" if left <= expiring_within_days else "active"
@@ -85,8 +113,10 @@ def content_of(
     """The content a car is told for ``record`` at ``now``; UNKNOWN when there is no record."""
     if record is None:
         return UNKNOWN
+    status = status_of(record, now, expiring_within_days)
+    record = record.rolled(now)
     return StateContent(
-        status=status_of(record, now, expiring_within_days),
+        status=status,
         insurer_code=record.insurer_code,
         insurer_name=record.insurer_name,
         policy_no_masked=record.policy_no_masked,
@@ -96,4 +126,5 @@ def content_of(
         verified_at=record.verified_at,
         plate_masked=record.plate_masked,
         claims_phone=CLAIMS_PHONES.get(record.insurer_code),
+        next_coverage_end=record.next_end,
     )

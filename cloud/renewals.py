@@ -81,11 +81,19 @@ class Insurer(Protocol):
         ...
 
 
+@dataclass(frozen=True, slots=True)
+class LookupResult:
+    """What the sources say now: the term in force (as a record) and a next term bought."""
+
+    record: PolicyRecord | None
+    next_term: IssuedPolicy | None
+
+
 class Lookup(Protocol):
     """The aggregated, freshly re-queried policy of a vehicle."""
 
-    async def refresh(self, facts: VehicleFacts) -> PolicyRecord | None:
-        """Ask the sources now; None when none knows a policy (or all failed)."""
+    async def refresh(self, facts: VehicleFacts) -> LookupResult:
+        """Ask the sources now (a failing source never makes a lapse: see cloud.aggregate)."""
         ...
 
 
@@ -293,11 +301,14 @@ class RenewalService:
 
     async def _check(self, flow: Flow) -> Flow:
         facts = await self._facts(flow.vid)
-        record = None
+        found = LookupResult(None, None)
         if facts is not None and self.lookup is not None:
-            record = await self.lookup.refresh(facts)
-        newer = record is not None and (flow.old_end is None or record.coverage_end > flow.old_end)
-        nxt = rf.checked(flow, record.coverage_end if record is not None and newer else None)
+            found = await self.lookup.refresh(facts)
+        current = (await self.store.load_policies(flow.vid)).get(flow.vid)
+        record = _with_next(found.record or current, found.next_term, flow.vid)
+        end = None if record is None else (record.next_end or record.coverage_end)
+        newer = end is not None and (flow.old_end is None or end > flow.old_end)
+        nxt = rf.checked(flow, end if newer else None)
         if nxt.stage is Stage.RENEWED_ELSEWHERE and record is not None:
             await self._save(nxt, policy=record)
             await self.notifier.policy_changed(record)
@@ -323,21 +334,44 @@ class RenewalService:
             if nxt.stage is not Stage.ISSUED:
                 await self._save(nxt)
                 return nxt
-            record = PolicyRecord(
-                vid=flow.vid,
-                insurer_code=issued.insurer_code,
-                insurer_name=issued.insurer_name,
-                policy_no_masked=_mask_policy_no(issued.policy_no),
-                coverage_start=issued.start,
-                coverage_end=issued.end,
-                source=issued.insurer_code.lower(),
-                verified_at=self.now(),
-                plate_masked=mask_plate(issued.plate),
-            )
+            current = (await self.store.load_policies(flow.vid)).get(flow.vid)
+            record = _with_next(current, issued, flow.vid, self.now())
+            assert record is not None
             await self._save(nxt, policy=record)
             self.counters["issued"] += 1
             await self.notifier.policy_changed(record)
             return nxt
+
+
+def _with_next(
+    current: PolicyRecord | None,
+    issued: IssuedPolicy | None,
+    vid: str,
+    now: datetime | None = None,
+) -> PolicyRecord | None:
+    """``current`` with ``issued`` as its next term (the term itself when none is held)."""
+    if issued is None:
+        return current
+    if current is None or issued.start != calendar.renewal_start(current.coverage_end):
+        return PolicyRecord(
+            vid=vid,
+            insurer_code=issued.insurer_code,
+            insurer_name=issued.insurer_name,
+            policy_no_masked=_mask_policy_no(issued.policy_no),
+            coverage_start=issued.start,
+            coverage_end=issued.end,
+            source=issued.insurer_code.lower(),
+            verified_at=now or datetime.now().astimezone(),
+            plate_masked=mask_plate(issued.plate),
+        )
+    return replace(
+        current,
+        override=None,
+        next_insurer_code=issued.insurer_code,
+        next_insurer_name=issued.insurer_name,
+        next_policy_no_masked=_mask_policy_no(issued.policy_no),
+        next_end=issued.end,
+    )
 
 
 def _mask_policy_no(policy_no: str) -> str:

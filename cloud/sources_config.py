@@ -4,13 +4,23 @@ They fit the source clients of ``cloud.sources`` (httpx, retries, a breaker per 
 to the ports ``cloud.renewals`` needs, so the renewal flow never sees HTTP.
 """
 
+from dataclasses import replace
 from datetime import date
 from typing import cast
 
+from agent.protocol import calendar
+
 from .config import CloudConfig
-from .policy import PolicyRecord
 from .renewal_flow import QuoteOffer
-from .renewals import Insurer, Lookup, Order, SourceFailure, VehicleFacts
+from .renewals import (
+    Insurer,
+    IssuedPolicy,
+    Lookup,
+    LookupResult,
+    Order,
+    SourceFailure,
+    VehicleFacts,
+)
 from .sources import (
     AtFaultHistory,
     InsurerClient,
@@ -67,10 +77,22 @@ class LookupAdapter:
     def __init__(self, registry: SourceRegistry) -> None:
         self.registry = registry
 
-    async def refresh(self, facts: VehicleFacts) -> PolicyRecord | None:
-        """Force a look-up round; the record to store, or None when nothing is known."""
+    async def refresh(self, facts: VehicleFacts) -> LookupResult:
+        """Force a look-up round: the term in force and a next term bought, if any."""
         found = await self.registry.refresh(facts.plate, facts.vin, force=True)
-        return found.record(facts.vid)
+        record = found.record(facts.vid)
+        if record is not None and record.override == "renewal_pending":
+            record = replace(record, override=None)  # the next term says so, below
+        term = found.renewal
+        today = calendar.china_date(found.decided_at)
+        if term is None and found.current is not None and found.current.policy.start > today:
+            term, record = found.current, None  # the only term known has not begun: a next one
+        nxt = None
+        if term is not None:
+            p = term.policy
+            nxt = IssuedPolicy(p.policy_no, p.insurer_code, p.insurer_name, p.plate, p.start,
+                               p.end)  # fmt: skip
+        return LookupResult(record, nxt)
 
 
 def sources_config(config: CloudConfig) -> SourcesConfig | None:

@@ -51,7 +51,11 @@ CREATE TABLE IF NOT EXISTS policies (
     source TEXT NOT NULL,
     verified_at TEXT NOT NULL,
     override TEXT,
-    plate_masked TEXT
+    plate_masked TEXT,
+    next_insurer_code TEXT,
+    next_insurer_name TEXT,
+    next_policy_no_masked TEXT,
+    next_end TEXT
 ) STRICT;
 CREATE TABLE IF NOT EXISTS policy_seeds (
     vin TEXT PRIMARY KEY,
@@ -124,11 +128,38 @@ _ADDED_VEHICLE_COLUMNS: Final = {
 """Columns a store made before enrollment lacks; added when it is opened."""
 _ADDED_COLUMNS: Final = {
     "vehicles": _ADDED_VEHICLE_COLUMNS,
-    "policies": {"plate_masked": "TEXT"},
+    "policies": {
+        "plate_masked": "TEXT",
+        "next_insurer_code": "TEXT",
+        "next_insurer_name": "TEXT",
+        "next_policy_no_masked": "TEXT",
+        "next_end": "TEXT",
+    },
     "policy_seeds": {"plate_masked": "TEXT", "plate": "TEXT"},
     "intents": {"processed_at": "TEXT"},
 }
 """Per table: columns an older store lacks (appended, so column order stays stable)."""
+
+
+_POLICY_COLUMNS: Final = (
+    "vid, insurer_code, insurer_name, policy_no_masked, coverage_start, coverage_end, source, "
+    "verified_at, override, plate_masked, next_insurer_code, next_insurer_name, "
+    "next_policy_no_masked, next_end"
+)
+_SELECT_POLICIES: Final = f"SELECT {_POLICY_COLUMNS} FROM policies"  # noqa: S608 - fixed text
+_PUT_POLICY: Final = (
+    f"INSERT OR REPLACE INTO policies ({_POLICY_COLUMNS}) "  # noqa: S608 - fixed text
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+)
+
+
+def _policy_row(r: PolicyRecord) -> tuple[object, ...]:
+    return (
+        r.vid, r.insurer_code, r.insurer_name, r.policy_no_masked, r.coverage_start.isoformat(),
+        r.coverage_end.isoformat(), r.source, r.verified_at.isoformat(), r.override,
+        r.plate_masked, r.next_insurer_code, r.next_insurer_name, r.next_policy_no_masked,
+        None if r.next_end is None else r.next_end.isoformat(),
+    )  # fmt: skip
 
 
 def vin_digest_of(vid: str, vin: str | None) -> str | None:
@@ -205,21 +236,8 @@ class Store:
     async def put_policy(self, r: PolicyRecord) -> None:
         """Insert or replace the policy of ``r.vid``."""
         await self._write(
-            "INSERT OR REPLACE INTO policies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    r.vid,
-                    r.insurer_code,
-                    r.insurer_name,
-                    r.policy_no_masked,
-                    r.coverage_start.isoformat(),
-                    r.coverage_end.isoformat(),
-                    r.source,
-                    r.verified_at.isoformat(),
-                    r.override,
-                    r.plate_masked,
-                )
-            ],
+            _PUT_POLICY,
+            [_policy_row(r)],
         )
 
     async def save_counters(
@@ -282,13 +300,14 @@ class Store:
     async def load_policies(self, vid: str | None = None) -> dict[str, PolicyRecord]:
         """Every stored policy by vid (or only ``vid``'s)."""
         # Two fixed statements: the vid is always a bound parameter.
-        sql = "SELECT * FROM policies" if vid is None else "SELECT * FROM policies WHERE vid = ?"
+        sql = _SELECT_POLICIES if vid is None else f"{_SELECT_POLICIES} WHERE vid = ?"
         args = () if vid is None else (vid,)
         out: dict[str, PolicyRecord] = {}
         try:
             async with self._lock, self._db.execute(sql, args) as cur:
                 async for row in cur:
-                    vid_, code, name, no, start, end, source, verified, override, plate = row
+                    vid_, code, name, no, start, end, source, verified, override, plate = row[:10]
+                    next_code, next_name, next_no, next_end = row[10:]
                     out[vid_] = PolicyRecord(
                         vid=vid_,
                         insurer_code=code,
@@ -300,6 +319,10 @@ class Store:
                         verified_at=datetime.fromisoformat(verified),
                         override=override,
                         plate_masked=plate,
+                        next_insurer_code=next_code,
+                        next_insurer_name=next_name,
+                        next_policy_no_masked=next_no,
+                        next_end=None if next_end is None else date.fromisoformat(next_end),
                     )
         except aiosqlite.Error as exc:
             raise StoreError(f"cannot load policies: {exc}") from exc
@@ -327,7 +350,9 @@ class Store:
         """Give ``vid`` the policy seeded for its VIN, if any; return its policy record."""
         async with self._transaction("adopt policy seed") as db:
             await db.execute(
-                "INSERT OR REPLACE INTO policies SELECT v.vid, s.insurer_code, s.insurer_name, "
+                "INSERT OR REPLACE INTO policies (vid, insurer_code, insurer_name, "
+                "policy_no_masked, coverage_start, coverage_end, source, verified_at, override, "
+                "plate_masked) SELECT v.vid, s.insurer_code, s.insurer_name, "
                 "s.policy_no_masked, s.coverage_start, s.coverage_end, s.source, s.verified_at, "
                 "NULL, s.plate_masked "
                 "FROM vehicles v JOIN policy_seeds s ON s.vin = v.vin WHERE v.vid = ?",
@@ -584,13 +609,7 @@ class Store:
                  _ts(now)),
             )  # fmt: skip
             if policy is not None:
-                await db.execute(
-                    "INSERT OR REPLACE INTO policies VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (policy.vid, policy.insurer_code, policy.insurer_name,
-                     policy.policy_no_masked, policy.coverage_start.isoformat(),
-                     policy.coverage_end.isoformat(), policy.source,
-                     policy.verified_at.isoformat(), policy.override, policy.plate_masked),
-                )  # fmt: skip
+                await db.execute(_PUT_POLICY, _policy_row(policy))
 
     async def flows(self, where: str, params: tuple[object, ...]) -> list[Flow]:
         """Renewal flows matching one of the fixed conditions below, newest first."""

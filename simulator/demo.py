@@ -24,6 +24,7 @@ from .broker import Mosquitto, free_port
 from .cars import SimulatedFleet
 from .enroller import create_fleet, enroll_cars
 from .fleet import synthetic_policies, synthetic_vin
+from .walkthrough import OutsideWorld, walk_through
 
 
 def _bar(what: str, done: int, total: int) -> None:
@@ -90,7 +91,8 @@ async def run_demo(workdir: Path, cars: int, duration_s: float | None) -> int:
     db = workdir / "cloud.db"
     seeds = workdir / "policies-by-vin.json"
     vins = [synthetic_vin(i) for i in range(cars)]
-    seeds.write_text(json.dumps(synthetic_policies(vins, datetime.now(UTC), key="vin"), indent=1))
+    rows = synthetic_policies(vins, datetime.now(UTC), key="vin")
+    seeds.write_text(json.dumps(rows, indent=1, ensure_ascii=False))
     async with await Store.open(db) as store:
         _, np = await import_files(store, None, None, seeds)
     print(f"Cloud store {db}: {np} policies waiting for their cars' VINs (every 10th: none)")
@@ -98,15 +100,41 @@ async def run_demo(workdir: Path, cars: int, duration_s: float | None) -> int:
     token_file = workdir / "admin-token"
     write_private(token_file, admin_token.encode())
 
+    http_port = free_port()
+    world = OutsideWorld(pki, http_port)
+    async with world:
+        world.seed(rows)
+        print(
+            f"Policy sources (real HTTP servers): national platform {world.national.url}, "
+            + ", ".join(f"{c} {i.url}" for c, i in world.insurers.items())
+        )
+        sources = world.write_config(workdir / "sources.json")
+        return await _with_broker(
+            workdir, pki, db, token_file, admin_token, cars, duration_s, http_port, sources, world
+        )
+
+
+async def _with_broker(
+    workdir: Path,
+    pki: DevPki,
+    db: Path,
+    token_file: Path,
+    admin_token: str,
+    cars: int,
+    duration_s: float | None,
+    http_port: int,
+    sources: Path,
+    world: OutsideWorld,
+) -> int:
     with Mosquitto(pki, workdir / "broker") as broker:
         print(f"Mosquitto from broker-config/ on 127.0.0.1:{broker.port} (mTLS, per-car ACL)")
-        http_port = free_port()
         url = f"https://127.0.0.1:{http_port}"
         log = (workdir / "cloud.log").open("wb")
         cloud = subprocess.Popen(  # noqa: S603, ASYNC220 - our own module, started once
             [sys.executable, "-m", "cloud", "serve", "--pki", str(pki.root), "--db", str(db),
              "--broker-port", str(broker.port), "--http-port", str(http_port),
-             "--admin-token-file", str(token_file), "--broker-pid-file", str(broker.pid_file)],
+             "--admin-token-file", str(token_file), "--broker-pid-file", str(broker.pid_file),
+             "--sources", str(sources)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
         print(f"Cloud pid {cloud.pid}: MQTT worker, and the HTTPS API at {url}/docs")
@@ -124,7 +152,7 @@ async def run_demo(workdir: Path, cars: int, duration_s: float | None) -> int:
             # Every car gets a head unit on a free local port and simulated signals.
             configs = [replace(c, head_unit_port=0, bus_poll_s=0.5) for c in configs]
             fleet = SimulatedFleet(configs, [_bus(i) for i in range(len(configs))])
-            ok = await _run_fleet(fleet, broker, pki, workdir, duration_s)
+            ok = await _run_fleet(fleet, broker, pki, workdir, duration_s, world)
         finally:
             cloud.terminate()
             try:
@@ -171,7 +199,12 @@ def _showcase(fleet: SimulatedFleet) -> str:
 
 
 async def _run_fleet(
-    fleet: SimulatedFleet, broker: Mosquitto, pki: DevPki, workdir: Path, duration_s: float | None
+    fleet: SimulatedFleet,
+    broker: Mosquitto,
+    pki: DevPki,
+    workdir: Path,
+    duration_s: float | None,
+    world: OutsideWorld,
 ) -> bool:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -190,6 +223,9 @@ async def _run_fleet(
             first = workdir / "cars" / "car-000" / "agent.toml"
             print("\nHead units (open in a browser; prompts show live, never while moving):")
             print(_showcase(fleet))
+            print("\nRenewal, as two drivers would do it on their head units:")
+            for line in await walk_through(fleet.agents, world):
+                print(f"  {line}")
             print(
                 "\nLook at:\n"
                 f"  one car's verified state: .venv/bin/ctpl-agent status --config {first}\n"

@@ -96,8 +96,12 @@ class PolicyState(_Body):
     """``agent.vehicle.vin_digest(vid, VIN)`` of the insured vehicle: the car checks the
     VIN it reads against it without the VIN crossing the broker."""
 
+    next_coverage_end: date | None = None
+    """The end of the next term, once one is bought (it starts the day after
+    ``coverage_end``): the car is covered without a gap until then."""
+
     omit_when_none: ClassVar[frozenset[str]] = frozenset(
-        {"plate_masked", "claims_phone", "vin_digest"}
+        {"plate_masked", "claims_phone", "vin_digest", "next_coverage_end"}
     )
 
 

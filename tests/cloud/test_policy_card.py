@@ -2,6 +2,7 @@
 
 import sqlite3
 from contextlib import closing
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -63,3 +64,29 @@ async def test_an_older_store_gains_the_plate_columns_and_keeps_its_rows(tmp_pat
         await store.put_policy(policy(plate_masked="沪A·****5"))
         assert (await store.load_policies())[VID].plate_masked == "沪A·****5"
         assert (await store.load_vehicles())[VID].vin_digest == vin_digest(VID, VIN)
+
+
+def test_a_bought_next_term_keeps_cover_continuous_and_takes_over_at_24_00() -> None:
+    from datetime import date, datetime, timedelta, timezone
+
+    from cloud.policy import content_of, status_of
+
+    china = timezone(timedelta(hours=8))
+    record = policy(end=date(2026, 12, 31))
+    renewed = replace(
+        record, next_insurer_code="PINGAN", next_insurer_name="平安产险",
+        next_policy_no_masked="PDAA****0001", next_end=date(2027, 12, 31),
+    )  # fmt: skip
+    before = datetime(2026, 12, 31, 23, 59, tzinfo=china)
+    after = datetime(2027, 1, 1, 0, 0, tzinfo=china)
+    assert status_of(record, before, 30) == "expiring"
+    assert status_of(renewed, before, 30) == "renewal_pending"
+    shown = content_of(renewed, before, 30)
+    assert (shown.insurer_code, shown.coverage_end, shown.next_coverage_end) == (
+        "PICC", date(2026, 12, 31), date(2027, 12, 31),
+    )  # fmt: skip
+    rolled = content_of(renewed, after, 30)
+    assert (rolled.status, rolled.insurer_code, rolled.coverage_start, rolled.coverage_end) == (
+        "active", "PINGAN", date(2027, 1, 1), date(2027, 12, 31),
+    )  # fmt: skip
+    assert rolled.next_coverage_end is None and status_of(record, after, 30) == "lapsed"

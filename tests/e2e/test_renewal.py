@@ -148,7 +148,7 @@ async def test_quote_consent_pay_issue_exactly_once_through_a_worker_restart(
                 paid = await phone.post(f"{insurer.url}/v1/orders/{order_id}/pay")
                 assert paid.status_code == 200
         await until(
-            lambda: agent.state is not None and agent.state.coverage_end != old.coverage_end,
+            lambda: agent.state is not None and agent.state.next_coverage_end == choice.end,
             "the renewed state on the car",
         )
         await until(lambda: agent.renewal is not None and agent.renewal.stage == "issued",
@@ -156,8 +156,12 @@ async def test_quote_consent_pay_issue_exactly_once_through_a_worker_restart(
         await insurer.drain_webhooks()
         new = agent.state
         assert new is not None and new.version > old.version
-        assert (new.coverage_start, new.coverage_end) == (choice.start, choice.end)
-        assert new.insurer_code == choice.insurer_code
+        # Today's term stays on the card; the next one runs on from the day after it ends.
+        assert (new.coverage_start, new.coverage_end) == (old.coverage_start, old.coverage_end)
+        assert new.status == "renewal_pending" and new.next_coverage_end == choice.end
+        shown = agent.status_view()
+        assert getattr(shown, "status", None) == "covered"
+        assert getattr(shown, "coverage_end", None) == choice.end
     finally:
         await stop(agent, task)
     orders = [o for o in insurer.orders.values() if o.quote_id == choice.quote_id]
@@ -172,7 +176,8 @@ async def test_quote_consent_pay_issue_exactly_once_through_a_worker_restart(
         policy = (await store.load_policies(agent.vid))[agent.vid]
         unprocessed = await store.unprocessed_intents("renewal.request")
     assert [f.stage.value for f in flows] == ["issued"] and unprocessed == []
-    assert (policy.coverage_start, policy.coverage_end) == (choice.start, choice.end)
+    assert policy.coverage_end == old.coverage_end and policy.next_end == choice.end
+    assert policy.next_insurer_code == choice.insurer_code
     print(
         f"\nrenewal exactly once: 2 consents, worker killed and restarted, paid twice, "
         f"webhooks {world.worker.counters['webhook.ok']} ok + "
@@ -202,10 +207,11 @@ async def test_already_renewed_elsewhere_requeries_and_the_new_term_is_pushed(
             "the renewal confirmed",
         )
         await until(
-            lambda: agent.state is not None and agent.state.coverage_end == issued.end,
+            lambda: agent.state is not None and agent.state.next_coverage_end == issued.end,
             "the new term on the car",
         )
         assert agent.state is not None and agent.state.status == "renewal_pending"
+        assert agent.state.coverage_end == old.coverage_end
     finally:
         await stop(agent, task)
 

@@ -70,13 +70,18 @@ async def test_a_simulated_fleet_all_hold_verified_states(
 def test_the_demo_runs_and_stops_by_itself(tmp_path: Path) -> None:
     """What `make demo` runs (enrollment through the API included), with fewer cars."""
     proc = subprocess.run(
-        [sys.executable, "-m", "simulator", "demo", "--cars", "4", "--duration", "0.5",
+        [sys.executable, "-m", "simulator", "demo", "--cars", "5", "--duration", "0.5",
          "--workdir", str(tmp_path / "demo")],
         capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "gateways enrolled:   4/4" in proc.stdout, proc.stdout
-    assert "verified policy state:   4/4" in proc.stdout and "Stopped." in proc.stdout
+    assert "gateways enrolled:   5/5" in proc.stdout, proc.stdout
+    assert "verified policy state:   5/5" in proc.stdout and "Stopped." in proc.stdout
+    # The renewal walk-through: car 3 (29 days left) renews on its head unit, car 4
+    # (14 days) was renewed at a counter and its prompts stop.
+    assert "renewed through the head unit" in proc.stdout, proc.stdout
+    assert "head unit shows covered, prompt gone" in proc.stdout, proc.stdout
+    assert "renewal elsewhere confirmed" in proc.stdout and "prompts stop" in proc.stdout
 
 
 async def test_a_request_nobody_answered_is_asked_again_until_the_cloud_answers(
