@@ -7,23 +7,20 @@ other 4xx), and goes through the source's ``CircuitBreaker``. Every answer is va
 strictly; anything unusable becomes one ``SourceError`` whose ``reason`` is counted in
 ``counters`` as ``<source>.<reason>``. ``SourceRegistry`` asks every source at once,
 aggregates (``cloud.aggregate``) and caches per vehicle. The insurers' webhooks are
-checked by ``verify_webhook``. The contract is docs/sources.md.
+checked by ``cloud.webhooks``. The contract is docs/sources.md.
 
 CloudError
-├── SourceError    a source gave no usable answer (``source``, ``reason``, ``status``, ``code``)
-└── WebhookError   a webhook refused (``reason``: unsigned, stale, bad_signature, invalid)
+└── SourceError    a source gave no usable answer (``source``, ``reason``, ``status``, ``code``)
 """
 
 import asyncio
-import hashlib
-import hmac
 import itertools
 import json
 import logging
 import random
 import re
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import date, datetime
 from decimal import Decimal
@@ -55,7 +52,6 @@ __all__ = [
     "CircuitBreaker",
     "InsurerClient",
     "Order",
-    "PaidEvent",
     "Premium",
     "Quote",
     "SourceClient",
@@ -63,11 +59,8 @@ __all__ = [
     "SourceError",
     "SourceRegistry",
     "SourcesConfig",
-    "WebhookError",
     "make_client",
     "vehicle_key",
-    "verify_webhook",
-    "webhook_signature",
 ]
 
 log = logging.getLogger(__name__)
@@ -86,7 +79,6 @@ BREAKER_FAILURES: Final[frozenset[str]] = frozenset(
 )
 """Reasons that count against a source's breaker (a 4xx shows the source is up)."""
 MAX_POLICIES: Final = 100
-WEBHOOK_TOLERANCE_S: Final = 300.0
 _STATUS_REASONS: Final[dict[int, SourceReason]] = {
     404: "not_found", 409: "conflict", 410: "gone", 429: "throttled"
 }  # fmt: skip
@@ -107,14 +99,6 @@ class SourceError(CloudError):
         self.reason: SourceReason = reason
         self.status = status
         self.code = code
-
-
-class WebhookError(CloudError):
-    """A webhook refused before its content was trusted."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(f"{reason}: {message}")
-        self.reason = reason
 
 
 # ---- configuration -----------------------------------------------------------
@@ -276,15 +260,6 @@ class _WireOrder(_Strict):
     policy: _WirePolicy | None = None
 
 
-class _WirePaid(_Strict):
-    event: Literal["order.paid"]
-    order_id: str = Field(pattern=_ID.pattern)
-    quote_id: str = Field(pattern=_ID.pattern)
-    insurer_code: str = Field(min_length=1, max_length=16)
-    policy: _WirePolicy
-    paid_at: AwareDatetime
-
-
 @dataclass(frozen=True, slots=True)
 class Premium:
     """A quote's premium lines (CNY); ``total`` = ``ctpl`` + ``vehicle_vessel_tax``."""
@@ -324,17 +299,6 @@ class Order:
     policy: SourcePolicy | None
     created: bool = False
     """True when this call made the order (201); False when the key had made it before."""
-
-
-@dataclass(frozen=True, slots=True)
-class PaidEvent:
-    """A verified ``order.paid`` webhook."""
-
-    order_id: str
-    quote_id: str
-    insurer_code: str
-    policy: SourcePolicy
-    paid_at: datetime
 
 
 # ---- the clients -------------------------------------------------------------
@@ -604,43 +568,6 @@ def make_client(
     """An ``InsurerClient`` for an insurer, else a ``SourceClient``."""
     cls = InsurerClient if config.kind == "insurer" else SourceClient
     return cls(config, counters=counters, clock=clock, rng=rng)
-
-
-# ---- webhooks ----------------------------------------------------------------
-
-
-def webhook_signature(secret: bytes, timestamp: str, body: bytes) -> str:
-    """``sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>``."""
-    mac = hmac.new(secret, timestamp.encode() + b"." + body, hashlib.sha256)
-    return f"sha256={mac.hexdigest()}"
-
-
-def verify_webhook(
-    secret: bytes,
-    headers: Mapping[str, str],
-    body: bytes,
-    now: datetime,
-    *,
-    tolerance_s: float = WEBHOOK_TOLERANCE_S,
-) -> PaidEvent:
-    """Check the signature over the exact bytes received, then parse; raise WebhookError.
-
-    ``headers`` must look names up case-insensitively (as Starlette's and httpx's do).
-    """
-    timestamp, signature = headers.get("x-ctpl-timestamp"), headers.get("x-ctpl-signature")
-    if not timestamp or not signature or not timestamp.isdigit() or len(timestamp) > 12:
-        raise WebhookError("unsigned", "X-CTPL-Timestamp and X-CTPL-Signature are required")
-    if abs(now.timestamp() - int(timestamp)) > tolerance_s:
-        raise WebhookError("stale", f"timestamp more than {tolerance_s:.0f} s from now")
-    if not hmac.compare_digest(webhook_signature(secret, timestamp, body), signature):
-        raise WebhookError("bad_signature", "the signature does not match")
-    try:
-        w = _WirePaid.model_validate_json(body)
-    except ValidationError as exc:
-        raise WebhookError("invalid", str(exc.errors(include_url=False)[0]["msg"])) from exc
-    if w.policy.insurer_code != w.insurer_code:
-        raise WebhookError("invalid", "the policy is another insurer's")
-    return PaidEvent(w.order_id, w.quote_id, w.insurer_code, w.policy.policy(), w.paid_at)
 
 
 # ---- every source at once ----------------------------------------------------
