@@ -26,8 +26,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agent.protocol.clock import Clock, SystemClock
 
 from . import enrollment as en
+from . import ops as op
 from .config import CloudConfig
 from .errors import ApiServeError, Refused, StoreError
+from .fleet_api import add_fleet_routes
 from .registrar import NoEvents, Registrar, VehicleEvents
 from .signing_keys import SigningKeys
 from .store import Store
@@ -121,10 +123,13 @@ def create_app(
     clock: Clock | None = None,
     body_timeout_s: float = BODY_TIMEOUT_S,
     signing_keys: SigningKeys | None = None,
+    ops: op.OpsSource | None = None,
 ) -> FastAPI:
     """The API app over an open ``store`` (its own connection); reads its key files now.
 
     ``signing_keys``: the ring the worker beside it signs with (else read from the config).
+    ``ops``: the worker beside it, whose counters ``/metrics`` shows and whose broker link
+    ``/readyz`` needs (without one, only the store is checked).
     """
     reg = Registrar.load(config, store, events, clock or SystemClock(), signing_keys)
     app = FastAPI(title="CTPL cloud API", version="1", redirect_slashes=False)
@@ -156,6 +161,8 @@ def create_app(
     async def keyset() -> en.KeySetAnswer:
         return en.KeySetAnswer(keyset=reg.keyset)
 
+    add_fleet_routes(app, reg)
+
     @app.post("/v1/webhooks/insurers/{code}")
     async def insurer_webhook(request: Request, code: str) -> Response:
         status, answer = await events.insurer_webhook(
@@ -165,6 +172,22 @@ def create_app(
             request.headers.get("x-ctpl-signature"),
         )
         return JSONResponse(answer, status_code=status)
+
+    # Operations (docs/operations.md): no auth, for the operator network only.
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        return JSONResponse({"status": "alive"})
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz() -> Response:
+        connected = None if ops is None else ops.ready.is_set()
+        ready = await op.readiness(connected, lambda: store.fleet("readyz-probe"))
+        return JSONResponse(ready.body(), status_code=200 if ready.ready else 503)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def metrics() -> Response:
+        text = op.render(reg.counters, None if ops is None else ops.ops_snapshot())
+        return Response(text, media_type=op.CONTENT_TYPE)
 
     @app.post("/v1/vehicles/{vid}/revoke")
     async def revoke(request: Request, vid: str, req: en.RevokeRequest | None = None) -> en.Revoked:

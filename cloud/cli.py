@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .config import CloudConfig
 from .errors import CloudError
+from .logs import configure as configure_logs
 from .pki import DevPki, write_dev_pki
 
 
@@ -66,6 +67,13 @@ def _parser() -> argparse.ArgumentParser:
         '"webhook_secret"}]} (docs/sources.md); none: no renewal in the cloud',
     )
     s.add_argument("-v", "--verbose", action="store_true")
+    s.add_argument(
+        "--log-format",
+        choices=("json", "text"),
+        default="json",
+        help="log lines as JSON objects (default) or text; both scrubbed of VINs, plates "
+        "and policy numbers (docs/operations.md)",
+    )
 
     k = sub.add_parser("dev-pki", help="make a development CA, broker/cloud certs and car certs")
     k.add_argument("--out", type=Path, required=True, help="directory to write into")
@@ -214,9 +222,9 @@ def _roll(a: argparse.Namespace, now: datetime) -> None:
 def main(argv: list[str] | None = None, *, now: datetime | None = None) -> int:
     """Entry point of ``ctpl-cloud``; returns the exit code. ``now``: for tests of a roll."""
     a = _parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if getattr(a, "verbose", False) else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    configure_logs(
+        getattr(a, "log_format", "text"),
+        logging.DEBUG if getattr(a, "verbose", False) else logging.INFO,
     )
     try:
         if a.command == "dev-pki":

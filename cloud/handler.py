@@ -45,14 +45,17 @@ class VehicleState:
     """Digest of that version's content."""
     vin_digest: str | None = None
     """``agent.protocol.vin.vin_digest`` of the registered VIN, told in every state."""
+    last_seen: datetime | None = None
+    """When the cloud last accepted a request from the car (the fleet's data freshness)."""
 
     def row(self, vid: str) -> "CounterRow":
         """A snapshot of the counters for the store."""
-        return (vid, self.last_seq, self.down_seq, self.version, self.content_key)
+        seen = None if self.last_seen is None else self.last_seen.isoformat()
+        return (vid, self.last_seq, self.down_seq, self.version, self.content_key, seen)
 
 
-CounterRow = tuple[str, int, int, int, str]
-"""A vehicle's counters as stored: vid, last_seq, down_seq, version, content_key."""
+CounterRow = tuple[str, int, int, int, str, str | None]
+"""A vehicle's counters as stored: vid, last_seq, down_seq, version, content_key, last_seen."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +161,7 @@ class RequestHandler:
         if body.seq <= vehicle.last_seq:
             raise Rejected("replay", f"seq {body.seq} is not above {vehicle.last_seq}", body.seq)
         vehicle.last_seq = body.seq
+        vehicle.last_seen = now
         if isinstance(body, messages.RenewalRequest | messages.VehicleEvent):
             return self._receipt(parsed.vid, vehicle, body, body_bytes, now)
         return self._state(parsed.vid, vehicle, now, reply_to=body.seq)

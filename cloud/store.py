@@ -73,7 +73,8 @@ CREATE TABLE IF NOT EXISTS counters (
     last_seq INTEGER NOT NULL,
     down_seq INTEGER NOT NULL,
     version INTEGER NOT NULL,
-    content_key TEXT NOT NULL
+    content_key TEXT NOT NULL,
+    last_seen TEXT
 ) STRICT;
 CREATE TABLE IF NOT EXISTS fleets (
     fleet_id TEXT PRIMARY KEY,
@@ -137,6 +138,7 @@ _ADDED_COLUMNS: Final = {
     },
     "policy_seeds": {"plate_masked": "TEXT", "plate": "TEXT"},
     "intents": {"processed_at": "TEXT"},
+    "counters": {"last_seen": "TEXT"},
 }
 """Per table: columns an older store lacks (appended, so column order stays stable)."""
 
@@ -256,7 +258,10 @@ class Store:
         """
         try:
             await self._db.executemany(
-                "INSERT OR REPLACE INTO counters VALUES (?, ?, ?, ?, ?)", list(rows)
+                "INSERT OR REPLACE INTO counters"
+                " (vid, last_seq, down_seq, version, content_key, last_seen)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                list(rows),
             )
             new = 0
             for i in intents:
@@ -276,14 +281,15 @@ class Store:
         out: dict[str, VehicleState] = {}
         sql = (
             "SELECT v.vid, v.kid, v.public_key_pem, c.last_seq, c.down_seq, c.version, "
-            "c.content_key, v.vin FROM vehicles v LEFT JOIN counters c ON c.vid = v.vid "
+            "c.content_key, v.vin, c.last_seen "
+            "FROM vehicles v LEFT JOIN counters c ON c.vid = v.vid "
             "WHERE v.revoked_at IS NULL"
         )
         try:
             # Under the lock: a read left open on this connection while another coroutine
             # begins a write would pin an old snapshot and make that write fail at once.
             async with self._lock, self._db.execute(sql) as cur:
-                async for vid, kid, pem, last, down, version, ckey, vin in cur:
+                async for vid, kid, pem, last, down, version, ckey, vin, seen in cur:
                     out[vid] = VehicleState(
                         kid=kid,
                         key=load_public_key(pem),
@@ -292,6 +298,7 @@ class Store:
                         version=version or 0,
                         content_key=ckey or "",
                         vin_digest=vin_digest_of(vid, vin),
+                        last_seen=_dt(seen),
                     )
         except aiosqlite.Error as exc:
             raise StoreError(f"cannot load vehicles: {exc}") from exc
@@ -630,6 +637,17 @@ class Store:
         """Record the vehicle's plate in clear (the sources look policies up by it)."""
         async with self._transaction("set plate") as db:
             await db.execute("UPDATE vehicles SET plate = ? WHERE vid = ?", (plate, vid))
+
+    async def fleet_vehicles(
+        self, fleet_id: str
+    ) -> list[tuple[str, datetime | None, datetime | None]]:
+        """The vehicles enrolled in ``fleet_id``: (vid, revoked_at, last_seen), by vid."""
+        rows = await self._rows(
+            "SELECT v.vid, v.revoked_at, c.last_seen FROM vehicles v"
+            " LEFT JOIN counters c ON c.vid = v.vid WHERE v.fleet_id = ? ORDER BY v.vid",
+            (fleet_id,),
+        )
+        return [(r[0], _dt(r[1]), _dt(r[2])) for r in rows]
 
     async def count_vehicles(self) -> int:
         """How many vehicles are registered, revoked ones included."""

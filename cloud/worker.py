@@ -16,8 +16,10 @@ and revoked vehicles (the worker is its ``VehicleEvents``).
 import asyncio
 import logging
 import random
+import time
 from collections import Counter
 from datetime import timedelta
+from typing import Final
 
 from agent.protocol import messages, topics
 from agent.protocol.clock import Clock, SystemClock
@@ -28,18 +30,22 @@ from .config import CloudConfig
 from .errors import LinkError, StoreError
 from .handler import CounterRow, IntentRow, Reply, RequestHandler, VehicleState
 from .link import MqttLink, tls_context
+from .ops import LatencyHistogram, WorkerSnapshot, source_health
 from .pki import CertificateAuthority
 from .policy import PolicyRecord
 from .renewal_flow import Flow, FlowError
 from .renewals import RenewalService, update_body
 from .revocation import BrokerControl, sighup_from_pid_file
 from .signing_keys import load_signing_keys
-from .sources_config import build_sources
+from .sources_config import LookupAdapter, build_sources
 from .store import Store, vin_digest_of
 from .webhooks import WebhookError, order_paid, verify
 
 log = logging.getLogger(__name__)
 RECONNECT_CAP_S = 30.0
+PRESENCE_FILTER: Final = f"{topics.PREFIX}/+/presence"
+"""Every car's retained ``online``/``offline``: read (not shared) to count connected cars."""
+_PRESENCE_SUFFIX: Final = "/presence"
 
 
 def _no_reload() -> None:
@@ -68,10 +74,46 @@ class Worker:
         self.handler: RequestHandler | None = None
         self._store: Store | None = None
         self._broker_control: BrokerControl | None = None
+        self._link: MqttLink | None = None
+        self.latency = LatencyHistogram()
+        """Per request: start of its batch's handling until its reply goes to the link."""
+        self._online: set[str] = set()
+        """Vids whose retained presence says ``online``."""
 
     def _receive(self, topic: str, payload: bytes) -> None:
+        if topic.endswith(_PRESENCE_SUFFIX):
+            self._presence(topic, payload)
+            return
         self._inbox.append((topic, payload))
         self._wake.set()
+
+    def _presence(self, topic: str, payload: bytes) -> None:
+        vid = topic[len(topics.PREFIX) + 1 : -len(_PRESENCE_SUFFIX)]
+        if topics.VID_RE.fullmatch(vid) is None:
+            return
+        if payload == b"online":
+            self._online.add(vid)
+        else:  # offline, or the retained message cleared
+            self._online.discard(vid)
+
+    def ops_snapshot(self) -> WorkerSnapshot:
+        """Copies of the counters and gauges, for ``/metrics``."""
+        renewals = self.renewals
+        lookup = renewals.lookup if renewals is not None else None
+        registry = lookup.registry if isinstance(lookup, LookupAdapter) else None
+        return WorkerSnapshot(
+            connected=self.ready.is_set(),
+            handler=dict(self.handler.counters) if self.handler is not None else {},
+            worker=dict(self.counters),
+            renewals=dict(renewals.counters) if renewals is not None else {},
+            sources=source_health(registry),
+            source_counters=dict(registry.counters) if registry is not None else {},
+            latency=self.latency.snapshot(),
+            connected_cars=len(self._online),
+            vehicles=len(self.handler.vehicles) if self.handler is not None else 0,
+            inbox=len(self._inbox),
+            publish_failures=self._link.publish_failures if self._link is not None else 0,
+        )
 
     async def run(self) -> None:
         """Load the store, connect, and serve requests until cancelled."""
@@ -96,12 +138,13 @@ class Worker:
                 client_id=self.config.client_id,
                 tls=tls_context(self.config.ca_file, self.config.cert_file, self.config.key_file),
                 on_message=self._receive,
-                subscriptions=(topics.CLOUD_SHARED_SUBSCRIPTION,),
+                subscriptions=(topics.CLOUD_SHARED_SUBSCRIPTION, PRESENCE_FILTER),
                 # A clean session: a worker that is gone must not stay in the share
                 # group, or the broker would keep queueing its share of requests.
                 clean_start=True,
                 keepalive_s=self.config.keepalive_s,
             )
+            self._link = link
             self.renewals = RenewalService(
                 store, *build_sources(self.config), notifier=self, now=self.clock.now
             )
@@ -128,7 +171,12 @@ class Worker:
         store = await Store.open(self.config.db_path)
         try:
             app = create_app(
-                self.config, store, self, clock=self.clock, signing_keys=self.signing_keys
+                self.config,
+                store,
+                self,
+                clock=self.clock,
+                signing_keys=self.signing_keys,
+                ops=self,
             )
             await serve_api(app, self.config, ready=self.api_ready)
         finally:
@@ -252,6 +300,7 @@ class Worker:
                 self.ready.set()
                 await link.wait_disconnected()
                 self.ready.clear()
+                self._online.clear()  # the broker sends every retained presence on reconnect
                 self.counters["link.lost"] += 1
                 log.warning("broker link lost")
         finally:
@@ -274,12 +323,15 @@ class Worker:
                 pushed, self._outbound = self._outbound, []
                 if not batch and not pushed:
                     continue
+                started = time.perf_counter()
                 replies = self._handle_batch(handler, batch) + pushed
                 dirty, handler.dirty = handler.dirty, set()
                 rows = [handler.vehicles[vid].row(vid) for vid in dirty if vid in handler.vehicles]
                 intents, handler.intents = handler.intents, []
                 previous = asyncio.create_task(
-                    self._commit_then_publish(store, link, rows, intents, replies, previous),
+                    self._commit_then_publish(
+                        store, link, rows, intents, replies, previous, (started, len(batch))
+                    ),
                     name="cloud-commit",
                 )
                 # Let the commit start, and give the link a turn to read more requests.
@@ -310,7 +362,9 @@ class Worker:
         intents: list[IntentRow],
         replies: list[Reply],
         previous: "asyncio.Task[None] | None",
+        timing: tuple[float, int] = (0.0, 0),
     ) -> None:
+        """``timing``: when the batch's handling started, and how many requests it held."""
         saved = True
         if rows or intents:
             try:
@@ -332,3 +386,6 @@ class Worker:
             link.publish(reply.topic, self._signer.seal(reply.topic, body), retain=reply.retain)
         self.counters["batches"] += 1
         self.counters["replies"] += len(replies)
+        started, requests = timing
+        if requests:
+            self.latency.observe(time.perf_counter() - started, requests)
