@@ -212,14 +212,15 @@ class RequestHandler:
             vehicle.content_key = key
         vehicle.down_seq += 1
         self.dirty.add(vid)
-        body = messages.PolicyState(
+        # The cloud's own validated content and clock: built unchecked (the car checks).
+        body = messages.PolicyState.unchecked(
             vid=vid,
             seq=vehicle.down_seq,
             version=vehicle.version,
             issued_at=now,
             fresh_until=now + self.fresh_for,
             reply_to=reply_to,
-            status=content.status,  # type: ignore[arg-type]
+            status=content.status,
             insurer_code=content.insurer_code,
             insurer_name=content.insurer_name,
             policy_no_masked=content.policy_no_masked,

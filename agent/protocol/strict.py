@@ -363,27 +363,38 @@ def loads(data: bytes) -> Any:
 
 def datetime_text(value: datetime) -> str:
     """RFC 3339: microseconds only when not zero, ``Z`` for UTC, else ``±HH:MM``."""
+    offset = typing.cast(timedelta, value.utcoffset())
+    if not offset:
+        return value.isoformat()[:-6] + "Z"  # isoformat ends in +00:00 here
+    if not offset.microseconds and not offset.seconds % 60:
+        return value.isoformat()  # …±HH:MM, as isoformat writes whole-minute offsets
     text = (
         f"{value.year:04d}-{value.month:02d}-{value.day:02d}"
         f"T{value.hour:02d}:{value.minute:02d}:{value.second:02d}"
     )
     if value.microsecond:
         text += f".{value.microsecond:06d}"
-    offset = int(typing.cast(timedelta, value.utcoffset()).total_seconds())
-    if offset == 0:
-        return text + "Z"
-    minutes = abs(offset) // 60
-    return f"{text}{'-' if offset < 0 else '+'}{minutes // 60:02d}:{minutes % 60:02d}"
+    seconds = int(offset.total_seconds())
+    minutes = abs(seconds) // 60
+    return f"{text}{'-' if seconds < 0 else '+'}{minutes // 60:02d}:{minutes % 60:02d}"
+
+
+_AS_IS: Final = frozenset({str, int, float, bool, type(None)})
+"""Types that JSON writes as they are."""
 
 
 def _plain(value: Any) -> Any:
+    if type(value) in _AS_IS:
+        return value
     if isinstance(value, Record):
         omit = value.omit_when_none
-        return {
-            name: _plain(getattr(value, name))
-            for name in _rules(type(value))
-            if name not in omit or getattr(value, name) is not None
-        }
+        out: dict[str, Any] = {}
+        for name in _rules(type(value)):
+            field = getattr(value, name)
+            if field is None and name in omit:
+                continue
+            out[name] = field if type(field) in _AS_IS else _plain(field)
+        return out
     if isinstance(value, datetime):
         return datetime_text(value)
     if isinstance(value, date):

@@ -397,3 +397,12 @@ def test_body_error_is_a_protocol_error_with_code() -> None:
     assert isinstance(err, ProtocolError)
     assert err.code == "unsupported_type"
     assert BodyError("x").code == "bad_body"
+
+
+def test_an_unchecked_body_is_the_same_body_when_its_values_are_valid() -> None:
+    values = {f: getattr(POLICY, f) for f in POLICY.__dataclass_fields__}
+    fast = PolicyState.unchecked(**values)
+    assert fast == POLICY and messages.encode(fast) == POLICY_BYTES
+    assert PolicyState.unchecked(**{k: v for k, v in values.items() if k != "type"}) == POLICY
+    with pytest.raises(TypeError):
+        PolicyState.unchecked(vid=VID)  # seq, version, … have no default
