@@ -2,6 +2,7 @@
 
 import csv
 import io
+import sqlite3
 from datetime import date, timedelta
 
 from agent.protocol import calendar
@@ -32,6 +33,10 @@ async def seed(api: Api) -> tuple[str, str, list[str], str, str]:
         ))  # fmt: skip
     seen = VehicleState(kid="k", key=None, last_seq=3, last_seen=now)  # type: ignore[arg-type]
     await api.store.save_counters([seen.row(vids[0])])
+    for i, vid in enumerate(vids):  # personal data the API must never show in clear
+        await api.store.set_plate(vid, f"沪A1234{i}")
+    with sqlite3.connect(api.config.db_path) as db:
+        db.execute("UPDATE vehicles SET vin = 'LSGCAR00000000001' WHERE vid = ?", (vids[0],))
     return a_id, a_token, vids, b_token, b_vid
 
 
@@ -109,4 +114,9 @@ async def test_csv_export_has_every_vehicle_and_no_vin_or_plate(api: Api) -> Non
     assert sorted(row["vid"] for row in rows) == sorted(vids)
     assert set(rows[0]) >= {"vid", "status", "coverage_end", "days_left", "link", "last_seen"}
     ends = {row["vid"]: date.fromisoformat(row["coverage_end"]) for row in rows}
-    assert len(ends) == 4 and "LSG" not in r.text
+    assert len(ends) == 4
+    listed = await api.client.get(f"/v1/fleets/{a_id}/vehicles", headers=api.auth(a_token))
+    detail = await api.client.get(f"/v1/fleets/{a_id}/vehicles/{vids[0]}",
+                                  headers=api.auth(a_token))  # fmt: skip
+    for text in (r.text, listed.text, detail.text):
+        assert "LSGCAR" not in text and "沪A1234" not in text

@@ -7,7 +7,6 @@ agent's outbox.
 
 import asyncio
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -21,17 +20,7 @@ from simulator.broker import Mosquitto
 from simulator.cars import car_config
 
 from ..cloud.conftest import start_worker
-
-FAST = {"reply_timeout_s": 0.5, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5}
-"""Short waits, so that resends and reconnects happen within the test."""
-
-
-async def until(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
+from .helpers import FAST, until
 
 
 async def drained(agent: Agent, timeout_s: float = 20.0) -> tuple[int, int]:

@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import ssl
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,17 +30,9 @@ from simulator.cars import car_config
 from simulator.sources import Insurer, NationalPlatform
 
 from ..cloud.conftest import start_worker
+from .helpers import FAST, until
 
-FAST = {"reply_timeout_s": 0.5, "reconnect_min_s": 0.1, "reconnect_max_s": 0.5}
 SECRETS = {"PICC": "picc-webhook-secret", "PINGAN": "pingan-webhook-secret"}
-
-
-async def until(check: Callable[[], bool], what: str, timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @dataclass
