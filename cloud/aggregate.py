@@ -39,7 +39,7 @@ from typing import Final, Literal
 
 from agent.protocol import calendar
 
-from .policy import Override, PolicyRecord, mask_plate
+from .policy import Override, PolicyRecord, mask_plate, mask_policy_no
 
 SourceKind = Literal["national", "insurer", "third_party"]
 PolicyStatus = Literal["in_force", "cancelled"]
@@ -176,16 +176,6 @@ class Aggregate:
             override=override,
             plate_masked=mask_plate(p.plate),
         )
-
-
-def mask_policy_no(policy_no: str) -> str:
-    """A policy number as screens show it: ``PDZA20261100000012345`` → ``PDZA2026****2345``."""
-    no = policy_no.strip()
-    if len(no) >= 12:
-        return f"{no[:8]}****{no[-4:]}"
-    if len(no) > 4:
-        return f"{no[:2]}****{no[-2:]}"
-    return "****"
 
 
 def _starts(p: SourcePolicy) -> datetime:

@@ -108,11 +108,7 @@ class _BodyLimit:
 
 def _bearer(request: Request) -> str | None:
     """The request's bearer token, or None when it has no well-formed one."""
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or len(token) > 256:
-        return None
-    return token
+    return en.bearer_token(request.headers.get("authorization", ""))
 
 
 def create_app(

@@ -46,6 +46,15 @@ def new_token(prefix: str) -> str:
     return prefix + b64url(secrets.token_bytes(TOKEN_BYTES))
 
 
+def bearer_token(authorization: str) -> str | None:
+    """The token of an ``Authorization: Bearer …`` header value, None unless well formed."""
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > 256:
+        return None
+    return token
+
+
 def token_digest(token: str) -> bytes:
     """SHA-256 of a token: the only form the store keeps."""
     return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()

@@ -20,11 +20,8 @@ StatusName = Literal["active", "expiring", "lapsed", "renewal_pending", "unknown
 
 
 def _bearer(request: Request) -> str | None:
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or len(token) > 256:
-        return None
-    return token
+    """The request's bearer token, or None when it has no well-formed one."""
+    return en.bearer_token(request.headers.get("authorization", ""))
 
 
 def _json(v: VehicleSummary) -> dict[str, Any]:

@@ -69,6 +69,17 @@ def mask_plate(plate: str) -> str:
     return f"{plate[:2]}·****{plate[-1]}"
 
 
+def mask_policy_no(policy_no: str) -> str:
+    """A policy number as cars and screens see it (letters and digits only, upper case):
+    ``PDZA20261100000012345`` → ``PDZA2026****2345``; a short one keeps less."""
+    no = "".join(c for c in policy_no.upper() if c.isascii() and c.isalnum())
+    if len(no) >= 12:
+        return f"{no[:8]}****{no[-4:]}"
+    if len(no) > 4:
+        return f"{no[:2]}****{no[-2:]}"
+    return "****"
+
+
 @dataclass(frozen=True, slots=True)
 class StateContent:
     """What a policy.state says, apart from its sequence numbers and times."""

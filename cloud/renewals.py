@@ -19,7 +19,7 @@ from agent.protocol import calendar, messages
 
 from . import renewal_flow as rf
 from .handler import IntentRow
-from .policy import PolicyRecord, mask_plate
+from .policy import PolicyRecord, mask_plate, mask_policy_no
 from .renewal_flow import Flow, FlowError, QuoteOffer, Stage
 from .store import Store
 
@@ -357,7 +357,7 @@ def _with_next(
             vid=vid,
             insurer_code=issued.insurer_code,
             insurer_name=issued.insurer_name,
-            policy_no_masked=_mask_policy_no(issued.policy_no),
+            policy_no_masked=mask_policy_no(issued.policy_no),
             coverage_start=issued.start,
             coverage_end=issued.end,
             source=issued.insurer_code.lower(),
@@ -369,14 +369,6 @@ def _with_next(
         override=None,
         next_insurer_code=issued.insurer_code,
         next_insurer_name=issued.insurer_name,
-        next_policy_no_masked=_mask_policy_no(issued.policy_no),
+        next_policy_no_masked=mask_policy_no(issued.policy_no),
         next_end=issued.end,
     )
-
-
-def _mask_policy_no(policy_no: str) -> str:
-    """A policy number as cars and screens see it: the first 4 and last 4 characters."""
-    clean = "".join(c for c in policy_no.upper() if c.isalnum())
-    if len(clean) <= 8:
-        return (clean[:2] + "****")[:32]
-    return f"{clean[:4]}****{clean[-4:]}"
