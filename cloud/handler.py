@@ -47,15 +47,31 @@ class VehicleState:
     """``agent.protocol.vin.vin_digest`` of the registered VIN, told in every state."""
     last_seen: datetime | None = None
     """When the cloud last accepted a request from the car (the fleet's data freshness)."""
+    stored: tuple[int, int] = (0, 0)
+    """(last_seq, down_seq) the store holds, or will once this worker's pending writes land:
+    the base a write of these counters is conditional on (several workers share a store)."""
 
     def row(self, vid: str) -> "CounterRow":
-        """A snapshot of the counters for the store."""
+        """A snapshot of the counters for the store, conditional on ``stored``.
+
+        Taking it advances ``stored`` to the snapshot: the next snapshot builds on this one
+        (writes of one worker land in order). If the write is refused (another worker wrote
+        first), the caller reloads the vehicle from the store.
+        """
         seen = None if self.last_seen is None else self.last_seen.isoformat()
-        return (vid, self.last_seq, self.down_seq, self.version, self.content_key, seen)
+        base, self.stored = self.stored, (self.last_seq, self.down_seq)
+        return (vid, self.last_seq, self.down_seq, self.version, self.content_key, seen, *base)
+
+    def adopt(self, last_seq: int, down_seq: int, version: int, content_key: str) -> None:
+        """Take the counters another worker stored (they are the truth from now on)."""
+        self.last_seq, self.down_seq = last_seq, down_seq
+        self.version, self.content_key = version, content_key
+        self.stored = (last_seq, down_seq)
 
 
-CounterRow = tuple[str, int, int, int, str, str | None]
-"""A vehicle's counters as stored: vid, last_seq, down_seq, version, content_key, last_seen."""
+CounterRow = tuple[str, int, int, int, str, str | None, int, int]
+"""A vehicle's counters to store: vid, last_seq, down_seq, version, content_key, last_seen,
+then the (last_seq, down_seq) the write expects to replace (compare-and-set)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +96,13 @@ class Reply:
         messages.PolicyState | messages.ErrorReply | messages.IntentReceipt | messages.RenewalUpdate
     )
     retain: bool
+    again: "Callable[[], Reply | None] | None" = field(default=None, compare=False)
+    """For a cloud-initiated message: issue it afresh (another worker took its seq)."""
+
+    @property
+    def vid(self) -> str:
+        """The vehicle the reply goes to."""
+        return self.body.vid
 
 
 class Rejected(Exception):
@@ -185,6 +208,14 @@ class RequestHandler:
             issued_at=now,
         )
         return Reply(topics.down(vid, "receipt"), receipt, retain=False)
+
+    def set_policy(self, vid: str, record: PolicyRecord | None) -> None:
+        """Serve ``record`` (None: no policy) for ``vid`` from now on."""
+        self._contents.pop(vid, None)
+        if record is None:
+            self.policies.pop(vid, None)
+        else:
+            self.policies[vid] = record
 
     def push_state(self, vid: str, now: datetime) -> Reply | None:
         """An unsolicited ``policy.state`` for ``vid`` (its policy changed); None if unknown."""

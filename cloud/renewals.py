@@ -161,13 +161,39 @@ class RenewalService:
         return self._locks.setdefault(vid, asyncio.Lock())
 
     async def resume(self) -> None:
-        """Re-run what a crash left half done: resumable flows, then unprocessed intents."""
+        """Re-run the flows a crash left in a resumable stage (the caller claims intents).
+
+        With several workers, a flow another live worker is stepping may be stepped here
+        too: every step is idempotent (the bind is keyed, the order paid once).
+        """
         for stage in sorted(rf.RESUMABLE):
             for flow in await self.store.flows("stage", (stage.value,)):
                 async with self._lock(flow.vid):
                     await self._step(flow)
-        for row in await self.store.unprocessed_intents("renewal.request"):
-            await self.handle_intent(row)
+
+    async def refresh_policy(self, vid: str) -> str:
+        """Re-query the sources for ``vid`` now; ``updated``, ``unchanged`` or ``unavailable``.
+
+        An update is stored and pushed to the car; a failing source changes nothing.
+        """
+        facts = await self._facts(vid)
+        if facts is None or self.lookup is None:
+            self.counters["refresh.unavailable"] += 1
+            return "unavailable"
+        found = await self.lookup.refresh(facts)
+        if found.record is None and found.next_term is None:
+            self.counters["refresh.unavailable"] += 1
+            return "unavailable"
+        async with self._lock(vid):
+            current = (await self.store.load_policies(vid)).get(vid)
+            record = _with_next(found.record or current, found.next_term, vid, self.now())
+            if record is None or record == current:
+                self.counters["refresh.unchanged"] += 1
+                return "unchanged"
+            await self.store.put_policy(record)
+        self.counters["refresh.updated"] += 1
+        await self.notifier.policy_changed(record)
+        return "updated"
 
     async def handle_intent(self, row: IntentRow) -> None:
         """Act on one recorded ``renewal.request`` (once: it is then marked processed)."""

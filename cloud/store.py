@@ -12,12 +12,14 @@ SQLite's busy timeout (5 s) bounds waits between them.
 """
 
 import asyncio
-from collections.abc import AsyncIterator, Iterable
+import secrets
+from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
-from datetime import UTC, date, datetime
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
-from typing import Final, Self
+from typing import Any, Final, Self
 
 import aiosqlite
 
@@ -74,7 +76,8 @@ CREATE TABLE IF NOT EXISTS counters (
     down_seq INTEGER NOT NULL,
     version INTEGER NOT NULL,
     content_key TEXT NOT NULL,
-    last_seen TEXT
+    last_seen TEXT,
+    writer TEXT
 ) STRICT;
 CREATE TABLE IF NOT EXISTS fleets (
     fleet_id TEXT PRIMARY KEY,
@@ -115,8 +118,23 @@ CREATE TABLE IF NOT EXISTS intents (
     seq INTEGER NOT NULL,
     received_at TEXT NOT NULL,
     processed_at TEXT,
+    claimed_by TEXT,
+    claimed_at TEXT,
     PRIMARY KEY (vid, intent_id)
 ) STRICT;
+CREATE TABLE IF NOT EXISTS alerts (
+    alert_id TEXT PRIMARY KEY,
+    fleet_id TEXT NOT NULL REFERENCES fleets(fleet_id),
+    vid TEXT NOT NULL REFERENCES vehicles(vid),
+    kind TEXT NOT NULL,
+    raised_at TEXT NOT NULL,
+    detail TEXT NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    delivered_at TEXT,
+    next_attempt_at TEXT,
+    gave_up INTEGER NOT NULL DEFAULT 0
+) STRICT;
+CREATE INDEX IF NOT EXISTS alerts_by_fleet ON alerts(fleet_id, raised_at);
 """
 # Serials are decimal TEXT: they run to 159 bits, past SQLite's 64-bit INTEGER.
 
@@ -137,12 +155,21 @@ _ADDED_COLUMNS: Final = {
         "next_end": "TEXT",
     },
     "policy_seeds": {"plate_masked": "TEXT", "plate": "TEXT"},
-    "intents": {"processed_at": "TEXT"},
-    "counters": {"last_seen": "TEXT"},
+    "intents": {"processed_at": "TEXT", "claimed_by": "TEXT", "claimed_at": "TEXT"},
+    "counters": {"last_seen": "TEXT", "writer": "TEXT"},
 }
 """Per table: columns an older store lacks (appended, so column order stays stable)."""
 
 
+_CAS_COUNTERS: Final = (
+    "INSERT INTO counters (vid, last_seq, down_seq, version, content_key, last_seen, writer)"
+    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (vid) DO UPDATE SET"
+    " last_seq = excluded.last_seq, down_seq = excluded.down_seq, version = excluded.version,"
+    " content_key = excluded.content_key, last_seen = excluded.last_seen,"
+    " writer = excluded.writer"
+    " WHERE counters.last_seq = ? AND counters.down_seq = ?"
+)
+"""A compare-and-set of one vehicle's counters: lands only on the base the row names."""
 _POLICY_COLUMNS: Final = (
     "vid, insurer_code, insurer_name, policy_no_masked, coverage_start, coverage_end, source, "
     "verified_at, override, plate_masked, next_insurer_code, next_insurer_name, "
@@ -172,6 +199,13 @@ def vin_digest_of(vid: str, vin: str | None) -> str | None:
         return None
 
 
+_INTENT_COLUMNS: Final = "vid, intent_id, type, body, seq, received_at"
+
+
+def _intent(r: Sequence[Any]) -> IntentRow:
+    return IntentRow(r[0], r[1], r[2], bytes(r[3]), r[4], datetime.fromisoformat(r[5]))
+
+
 def _ts(t: datetime) -> str:
     # One fixed width, so that stored instants compare as text in SQL.
     return t.astimezone(UTC).isoformat(timespec="microseconds")
@@ -179,6 +213,47 @@ def _ts(t: datetime) -> str:
 
 def _dt(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
+
+
+@dataclass(frozen=True, slots=True)
+class Saved:
+    """What one ``save_counters`` did."""
+
+    new_intents: int
+    """Intents stored for the first time."""
+    conflicts: frozenset[str]
+    """Vids whose counter write did not land: another worker wrote them first."""
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVehicle:
+    """A vehicle as the store holds it (``reload_vehicles``)."""
+
+    kid: str
+    public_key_pem: bytes
+    vin: str | None
+    revoked: bool
+    last_seq: int
+    down_seq: int
+    version: int
+    content_key: str
+
+
+@dataclass(frozen=True, slots=True)
+class AlertRow:
+    """A fleet alert, stored once by its deterministic id, and its webhook delivery."""
+
+    alert_id: str
+    fleet_id: str
+    vid: str
+    kind: str
+    raised_at: datetime
+    detail: str
+    """JSON text; never a VIN, plate or policy number in clear."""
+    attempts: int = 0
+    delivered_at: datetime | None = None
+    next_attempt_at: datetime | None = None
+    gave_up: bool = False
 
 
 class _Conflict(Exception):
@@ -191,6 +266,8 @@ class Store:
     def __init__(self, db: aiosqlite.Connection) -> None:
         self._db = db
         self._lock = asyncio.Lock()
+        self._writer = secrets.token_hex(8)
+        """Stamped on the counters this store writes: tells its own writes from others'."""
 
     @classmethod
     async def open(cls, path: Path) -> "Store":
@@ -244,37 +321,85 @@ class Store:
 
     async def save_counters(
         self, rows: Iterable[CounterRow], intents: Iterable[IntentRow] = ()
-    ) -> int:
-        """Write counter snapshots (``VehicleState.row``) and new intents; commit; count new.
+    ) -> Saved:
+        """Write counter snapshots (``VehicleState.row``) and new intents; commit.
+
+        Each counter write is a compare-and-set: it lands only if the stored
+        (last_seq, down_seq) is still the base the row names. A vehicle whose write did
+        not land (another worker wrote first) is in ``Saved.conflicts``; its intents are
+        not recorded either, and the caller must drop its replies and reload it.
 
         An intent whose (vid, intent_id) is already stored is ignored (the first copy
-        stays): that is what makes a re-sent intent take effect once. Returns how many
-        intents were new.
+        stays): that is what makes a re-sent intent take effect once.
 
         The worker's hot path, on a connection used for nothing else: calls are not
         serialized, so a commit that is still on disk lets the next call's rows queue
         behind it and often ride in the same fsync. Every call returns only once its
         rows are committed.
         """
+        rows = list(rows)
         try:
-            await self._db.executemany(
-                "INSERT OR REPLACE INTO counters"
-                " (vid, last_seq, down_seq, version, content_key, last_seen)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                list(rows),
+            cur = await self._db.executemany(
+                _CAS_COUNTERS, [(*r[:6], self._writer, *r[6:]) for r in rows]
             )
+            conflicts: frozenset[str] = frozenset()
+            if cur.rowcount != len(rows):
+                conflicts = await self._lost_writes(rows)
             new = 0
             for i in intents:
+                if i.vid in conflicts:
+                    continue
                 cursor = await self._db.execute(
-                    "INSERT OR IGNORE INTO intents"
-                    " (vid, intent_id, type, body, seq, received_at) VALUES (?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO intents (vid, intent_id, type, body, seq, received_at)"
+                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (vid, intent_id) DO NOTHING",
                     (i.vid, i.intent_id, i.type, i.body, i.seq, _ts(i.received_at)),
                 )
                 new += max(cursor.rowcount, 0)
             await self._db.commit()
         except aiosqlite.Error as exc:
             raise StoreError(f"save counters failed: {exc}") from exc
-        return new
+        return Saved(new, conflicts)
+
+    async def _lost_writes(self, rows: list[CounterRow]) -> frozenset[str]:
+        """The vids of ``rows`` whose stored counters are not this store's write of them."""
+        mine = {r[0]: (r[1], r[2]) for r in rows}
+        marks = ", ".join("?" * len(mine))
+        async with self._db.execute(
+            f"SELECT vid, last_seq, down_seq, writer FROM counters WHERE vid IN ({marks})",  # noqa: S608 - placeholders only
+            list(mine),
+        ) as cur:
+            landed = {
+                vid for vid, last, down, writer in await cur.fetchall()
+                if writer == self._writer and (last, down) == mine[vid]
+            }  # fmt: skip
+        return frozenset(mine) - landed
+
+    async def reload_vehicles(self, vids: Iterable[str]) -> dict[str, StoredVehicle]:
+        """What the store holds now for each of ``vids`` that is registered (revoked too).
+
+        Several workers share one store: a worker reads the vehicles of each batch before
+        handling it, to learn of other workers' writes, enrollments, re-keys, revocations.
+        """
+        wanted = list(dict.fromkeys(vids))
+        if not wanted:
+            return {}
+        marks = ", ".join("?" * len(wanted))
+        sql = (
+            "SELECT v.vid, v.kid, v.public_key_pem, v.vin, v.revoked_at, c.last_seq,"  # noqa: S608 - placeholders only
+            " c.down_seq, c.version, c.content_key FROM vehicles v"
+            f" LEFT JOIN counters c ON c.vid = v.vid WHERE v.vid IN ({marks})"
+        )
+        try:
+            async with self._db.execute(sql, wanted) as cur:
+                return {
+                    r[0]: StoredVehicle(
+                        r[1], bytes(r[2]), r[3], r[4] is not None, r[5] or 0, r[6] or 0,
+                        r[7] or 0, r[8] or "",
+                    )
+                    for r in await cur.fetchall()
+                }  # fmt: skip
+        except aiosqlite.Error as exc:
+            raise StoreError(f"cannot reload vehicles: {exc}") from exc
 
     async def load_vehicles(self) -> dict[str, VehicleState]:
         """Every registered vehicle that is not revoked, with its key and counters."""
@@ -299,6 +424,7 @@ class Store:
                         content_key=ckey or "",
                         vin_digest=vin_digest_of(vid, vin),
                         last_seen=_dt(seen),
+                        stored=(last or 0, down or 0),
                     )
         except aiosqlite.Error as exc:
             raise StoreError(f"cannot load vehicles: {exc}") from exc
@@ -573,26 +699,42 @@ class Store:
         """Recorded intents, oldest first; of one vehicle when ``vid`` is given."""
         where, params = ("WHERE vid = ?", (vid,)) if vid is not None else ("", ())
         rows = await self._rows(
-            f"SELECT vid, intent_id, type, body, seq, received_at FROM intents {where} "  # noqa: S608
+            f"SELECT {_INTENT_COLUMNS} FROM intents {where} "  # noqa: S608
             "ORDER BY received_at, seq",
             params,
         )
-        return [
-            IntentRow(r[0], r[1], r[2], bytes(r[3]), r[4], datetime.fromisoformat(r[5]))
-            for r in rows
-        ]
+        return [_intent(r) for r in rows]
 
     async def unprocessed_intents(self, type_: str) -> list[IntentRow]:
         """Recorded intents of ``type_`` not yet acted on, oldest first."""
         rows = await self._rows(
-            "SELECT vid, intent_id, type, body, seq, received_at FROM intents"
+            f"SELECT {_INTENT_COLUMNS} FROM intents"  # noqa: S608 - fixed text
             " WHERE type = ? AND processed_at IS NULL ORDER BY received_at, seq",
             (type_,),
         )
-        return [
-            IntentRow(r[0], r[1], r[2], bytes(r[3]), r[4], datetime.fromisoformat(r[5]))
-            for r in rows
-        ]
+        return [_intent(r) for r in rows]
+
+    async def claim_intents(
+        self, type_: str, owner: str, now: datetime, lease: timedelta
+    ) -> list[IntentRow]:
+        """Take the unprocessed intents of ``type_`` for ``owner``, oldest first.
+
+        An intent is given to one claimer at a time: one not claimed, or whose claim is
+        older than ``lease`` (its claimer died), is claimed afresh. Several workers share
+        the store; each intent is acted on by the one that claimed it.
+        """
+        async with (
+            self._transaction("claim intents") as db,
+            db.execute(
+                f"UPDATE intents SET claimed_by = ?, claimed_at = ?"  # noqa: S608 - fixed text
+                " WHERE type = ? AND processed_at IS NULL"
+                " AND (claimed_at IS NULL OR claimed_at < ? OR claimed_by = ?)"
+                f" RETURNING {_INTENT_COLUMNS}",
+                (owner, _ts(now), type_, _ts(now - lease), owner),
+            ) as cur,
+        ):
+            rows = await cur.fetchall()
+        return sorted((_intent(r) for r in rows), key=lambda i: (i.received_at, i.seq))
 
     async def mark_processed(self, vid: str, intent_id: str, now: datetime) -> None:
         """Note that intent (vid, intent_id) was acted on."""
@@ -653,3 +795,98 @@ class Store:
         """How many vehicles are registered, revoked ones included."""
         rows = await self._rows("SELECT count(*) FROM vehicles", ())
         return int(rows[0][0])
+
+    async def fleet_ids(self) -> list[str]:
+        """Every fleet's id, sorted."""
+        return [r[0] for r in await self._rows("SELECT fleet_id FROM fleets ORDER BY 1", ())]
+
+    async def fleet_vehicle_events(
+        self, fleet_id: str, since: datetime | None = None
+    ) -> list[IntentRow]:
+        """The ``vehicle.event`` intents of ``fleet_id``'s vehicles received after ``since``."""
+        rows = await self._rows(
+            f"SELECT {', '.join('i.' + c for c in _INTENT_COLUMNS.split(', '))}"  # noqa: S608 - fixed text
+            " FROM intents i JOIN vehicles v ON v.vid = i.vid"
+            " WHERE v.fleet_id = ? AND i.type = 'vehicle.event' AND i.received_at > ?"
+            " ORDER BY i.received_at, i.seq",
+            (fleet_id, "" if since is None else _ts(since)),
+        )
+        return [_intent(r) for r in rows]
+
+    # ---- alerts ----------------------------------------------------------------
+
+    async def add_alerts(self, rows: list[AlertRow]) -> list[str]:
+        """Store each alert unless its id is stored already; the ids newly stored."""
+        added: list[str] = []
+        async with self._transaction("add alerts") as db:
+            for a in rows:
+                cur = await db.execute(
+                    f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608 - fixed text
+                    " ON CONFLICT (alert_id) DO NOTHING",
+                    _alert_row(a),
+                )
+                if cur.rowcount == 1:
+                    added.append(a.alert_id)
+        return added
+
+    async def fleet_alerts(self, fleet_id: str, limit: int = 100) -> list[AlertRow]:
+        """The newest ``limit`` alerts of ``fleet_id``, newest first."""
+        rows = await self._rows(
+            f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE fleet_id = ?"  # noqa: S608 - fixed text
+            " ORDER BY raised_at DESC, alert_id LIMIT ?",
+            (fleet_id, limit),
+        )
+        return [_alert(r) for r in rows]
+
+    async def due_alerts(self, now: datetime, limit: int = 50) -> list[AlertRow]:
+        """Alerts whose webhook delivery is due: not delivered, not given up; oldest first."""
+        rows = await self._rows(
+            f"SELECT {_ALERT_COLUMNS} FROM alerts"  # noqa: S608 - fixed text
+            " WHERE delivered_at IS NULL AND gave_up = 0"
+            " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
+            " ORDER BY raised_at, alert_id LIMIT ?",
+            (_ts(now), limit),
+        )
+        return [_alert(r) for r in rows]
+
+    async def alert_attempted(
+        self,
+        alert_id: str,
+        *,
+        attempts: int,
+        delivered_at: datetime | None,
+        next_attempt_at: datetime | None,
+        gave_up: bool = False,
+    ) -> None:
+        """Record a delivery attempt of ``alert_id`` (a delivered alert stays delivered)."""
+        async with self._transaction("record alert attempt") as db:
+            await db.execute(
+                "UPDATE alerts SET attempts = ?, delivered_at = ?, next_attempt_at = ?,"
+                " gave_up = ? WHERE alert_id = ? AND delivered_at IS NULL",
+                (
+                    attempts, None if delivered_at is None else _ts(delivered_at),
+                    None if next_attempt_at is None else _ts(next_attempt_at), int(gave_up),
+                    alert_id,
+                ),
+            )  # fmt: skip
+
+
+_ALERT_COLUMNS: Final = (
+    "alert_id, fleet_id, vid, kind, raised_at, detail, attempts, delivered_at, next_attempt_at,"
+    " gave_up"
+)
+
+
+def _alert_row(a: AlertRow) -> tuple[object, ...]:
+    return (
+        a.alert_id, a.fleet_id, a.vid, a.kind, _ts(a.raised_at), a.detail, a.attempts,
+        None if a.delivered_at is None else _ts(a.delivered_at),
+        None if a.next_attempt_at is None else _ts(a.next_attempt_at), int(a.gave_up),
+    )  # fmt: skip
+
+
+def _alert(r: Sequence[Any]) -> AlertRow:
+    return AlertRow(
+        r[0], r[1], r[2], r[3], datetime.fromisoformat(r[4]), r[5], r[6], _dt(r[7]), _dt(r[8]),
+        bool(r[9]),
+    )  # fmt: skip

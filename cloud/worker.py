@@ -14,17 +14,21 @@ and revoked vehicles (the worker is its ``VehicleEvents``).
 """
 
 import asyncio
+import contextlib
+import dataclasses
 import logging
 import random
+import secrets
 import time
 from collections import Counter
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from typing import Final
 
 from agent.protocol import messages, topics
 from agent.protocol.clock import Clock, SystemClock
 from agent.protocol.envelope import Signer
-from agent.protocol.keys import PublicKey, kid_for
+from agent.protocol.keys import PublicKey, kid_for, load_public_key
 
 from .config import CloudConfig
 from .errors import LinkError, StoreError
@@ -38,7 +42,7 @@ from .renewals import RenewalService, update_body
 from .revocation import BrokerControl, sighup_from_pid_file
 from .signing_keys import load_signing_keys
 from .sources_config import LookupAdapter, build_sources
-from .store import Store, vin_digest_of
+from .store import Store, StoredVehicle, vin_digest_of
 from .webhooks import WebhookError, order_paid, verify
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,15 @@ RECONNECT_CAP_S = 30.0
 PRESENCE_FILTER: Final = f"{topics.PREFIX}/+/presence"
 """Every car's retained ``online``/``offline``: read (not shared) to count connected cars."""
 _PRESENCE_SUFFIX: Final = "/presence"
+CLAIM_LEASE: Final = timedelta(minutes=2)
+"""A renewal intent claimed by a worker that died is taken over after this long."""
+RENEWAL_POLL_S: Final = 30.0
+"""The renewal loop looks for intents this often even when nothing woke it."""
+
+
+def _vid_of(topic: str) -> str:
+    """The vid segment of a ``ctpl/v1/{vid}/…`` topic (whatever it holds)."""
+    return topic[len(topics.PREFIX) + 1 :].split("/", 1)[0]
 
 
 def _no_reload() -> None:
@@ -61,6 +74,8 @@ class Worker:
         self.ready = asyncio.Event()
         self.api_ready = asyncio.Event()
         self.counters: Counter[str] = Counter()
+        self.worker_id = f"{config.client_id}-{secrets.token_hex(4)}"
+        """Names this process's claims on shared work (renewal intents)."""
         # Read once: a rolled ring is picked up when the process restarts.
         self.signing_keys = load_signing_keys(config)
         self._signer = Signer(self.signing_keys.newest)
@@ -73,6 +88,7 @@ class Worker:
         self._wake = asyncio.Event()
         self.handler: RequestHandler | None = None
         self._store: Store | None = None
+        self._counters_store: Store | None = None
         self._broker_control: BrokerControl | None = None
         self._link: MqttLink | None = None
         self.latency = LatencyHistogram()
@@ -130,6 +146,7 @@ class Worker:
             )
             log.info("loaded %d vehicles", len(self.handler.vehicles))
             self._store = store
+            self._counters_store = counters_store
             self._broker_control = self._make_broker_control()
             if self._broker_control is not None:
                 # The CRL the broker reads must match the store, and must not expire.
@@ -160,7 +177,7 @@ class Worker:
                         name="cloud-crl-refresh",
                     )
         finally:
-            self._store = None
+            self._store = self._counters_store = None
             await counters_store.close()
             await store.close()
 
@@ -207,38 +224,122 @@ class Worker:
             await self._broker_control.revoke(vid, await self._store.revoked_serials())
 
     async def _renewal_loop(self, service: RenewalService) -> None:
-        """Act on recorded renewal requests, each once; first what a crash left half done."""
+        """Act on recorded renewal requests, each once; first what a crash left half done.
+
+        Each intent is claimed first (``Store.claim_intents``): of several workers sharing
+        the store, one acts on it; a claim of a worker that died lapses after CLAIM_LEASE.
+        """
         await service.resume()
         while True:
-            await self._renewal_wake.wait()
-            self._renewal_wake.clear()
             assert self._store is not None
-            for row in await self._store.unprocessed_intents("renewal.request"):
+            claimed = await self._store.claim_intents(
+                "renewal.request", self.worker_id, self.clock.now(), CLAIM_LEASE
+            )
+            for row in claimed:
                 try:
                     await service.handle_intent(row)
                 except Exception:  # one bad flow must not stop the others
                     log.exception("renewal request %s failed", row.intent_id)
                     self.counters["renewal.internal_error"] += 1
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(RENEWAL_POLL_S):
+                    await self._renewal_wake.wait()
+            self._renewal_wake.clear()
+
+    async def operator_renewal(self, vid: str, intent_id: str) -> bool:
+        """Start a renewal (quotes to the car) for ``vid`` as if the car had asked.
+
+        Recorded as a ``renewal.request`` intent under ``intent_id``: True if new, False if
+        that intent was recorded already (the operator's request repeated).
+        """
+        assert self._counters_store is not None
+        body = messages.RenewalRequest(vid=vid, seq=1, intent_id=intent_id, action="quote")
+        row = IntentRow(vid, intent_id, body.type, messages.encode(body), 0, self.clock.now())
+        saved = await self._counters_store.save_counters([], [row])
+        self.counters["renewal.operator"] += saved.new_intents
+        self._renewal_wake.set()
+        return saved.new_intents == 1
+
+    async def force_refresh(self, vid: str) -> str:
+        """Re-query ``vid``'s policy at the sources now.
+
+        ``updated`` (stored and pushed to the car), ``unchanged`` or ``unavailable``.
+        """
+        if self.renewals is None:
+            return "unavailable"
+        return await self.renewals.refresh_policy(vid)
 
     async def renewal_changed(self, flow: Flow, error: FlowError | None = None) -> None:
         """Tell the car where its renewal stands (published after the next commit)."""
         assert self.handler is not None
-        now = self.clock.now()
-        reply = self.handler.push(
-            flow.vid, "renewal", lambda seq: update_body(flow, flow.vid, seq, now, error)
-        )
-        if reply is not None:
-            self._outbound.append(reply)
-            self._wake.set()
+        handler, now = self.handler, self.clock.now()
+        await self._reconcile([flow.vid])
+
+        def issue() -> Reply | None:
+            return handler.push(
+                flow.vid, "renewal", lambda seq: update_body(flow, flow.vid, seq, now, error)
+            )
+
+        self._send(issue)
 
     async def policy_changed(self, record: PolicyRecord) -> None:
         """Serve ``record`` from now on and push the car its new state (retained)."""
         assert self.handler is not None
-        self.handler.policies[record.vid] = record
-        reply = self.handler.push_state(record.vid, self.clock.now())
+        handler = self.handler
+        await self._reconcile([record.vid])
+        handler.set_policy(record.vid, record)
+        self._send(lambda: handler.push_state(record.vid, self.clock.now()))
+
+    def _send(self, issue: "Callable[[], Reply | None]") -> None:
+        """Queue a cloud-initiated message for the next commit (issued again on a conflict)."""
+        reply = issue()
         if reply is not None:
-            self._outbound.append(reply)
+            self._outbound.append(dataclasses.replace(reply, again=issue))
             self._wake.set()
+
+    async def _reconcile(self, vids: Iterable[str], force: frozenset[str] = frozenset()) -> None:
+        """Bring ``vids`` in memory up to what the store holds (other workers share it).
+
+        Learns enrollments, re-keys and revocations made through another worker's API, and
+        counters another worker wrote (then the policy too, if the content it told changed).
+        Counters this worker wrote and has not yet seen land are kept, unless in ``force``
+        (a write of them was refused: the store is the truth).
+        """
+        store, handler = self._counters_store, self.handler
+        if store is None or handler is None:
+            return
+        stored = await store.reload_vehicles(vids)
+        for vid in dict.fromkeys(vids):
+            if await self._adopt(vid, stored.get(vid), vid in force):
+                record = (await store.load_policies(vid)).get(vid)
+                handler.set_policy(vid, record)
+
+    async def _adopt(self, vid: str, sv: StoredVehicle | None, force: bool) -> bool:
+        """Adopt the stored ``sv`` for ``vid``; True if its policy must be read again."""
+        handler = self.handler
+        assert handler is not None
+        v = handler.vehicles.get(vid)
+        if sv is None or sv.revoked:
+            if v is not None:
+                del handler.vehicles[vid]
+                handler.dirty.discard(vid)
+            return False
+        if v is None:
+            v = handler.vehicles[vid] = VehicleState(
+                kid=sv.kid, key=load_public_key(sv.public_key_pem),
+                vin_digest=vin_digest_of(vid, sv.vin),
+            )  # fmt: skip
+            v.adopt(sv.last_seq, sv.down_seq, sv.version, sv.content_key)
+            return True
+        if v.kid != sv.kid:
+            v.kid, v.key = sv.kid, load_public_key(sv.public_key_pem)
+        ahead = sv.last_seq > v.stored[0] or sv.down_seq > v.stored[1]
+        if not (force or ahead):
+            return False
+        told_other = sv.content_key != v.content_key
+        v.adopt(sv.last_seq, sv.down_seq, sv.version, sv.content_key)
+        self.counters["counters.adopted"] += 1
+        return told_other
 
     async def insurer_webhook(
         self, code: str, body: bytes, timestamp: str | None, signature: str | None
@@ -320,10 +421,12 @@ class Worker:
                 await self._wake.wait()
                 self._wake.clear()
                 batch, self._inbox = self._inbox, []
-                pushed, self._outbound = self._outbound, []
-                if not batch and not pushed:
+                if not batch and not self._outbound:
                     continue
                 started = time.perf_counter()
+                if batch:
+                    await self._reconcile(_vid_of(topic) for topic, _ in batch)
+                pushed, self._outbound = self._outbound, []
                 replies = self._handle_batch(handler, batch) + pushed
                 dirty, handler.dirty = handler.dirty, set()
                 rows = [handler.vehicles[vid].row(vid) for vid in dirty if vid in handler.vehicles]
@@ -339,6 +442,21 @@ class Worker:
         finally:
             if previous is not None:
                 await asyncio.wait([previous], timeout=5.0)
+
+    async def _lost_to_another_worker(
+        self, replies: list[Reply], conflicts: frozenset[str]
+    ) -> list[Reply]:
+        """The replies that may still go; reload the vehicles whose counters did not land.
+
+        A request's reply is dropped (the car asks again); a cloud-initiated message is
+        issued afresh under the stored counters.
+        """
+        self.counters["counters.conflicts"] += len(conflicts)
+        await self._reconcile(conflicts, force=conflicts)
+        for reply in replies:
+            if reply.vid in conflicts and reply.again is not None:
+                self._send(reply.again)
+        return [r for r in replies if r.vid not in conflicts]
 
     def _handle_batch(self, handler: RequestHandler, batch: list[tuple[str, bytes]]) -> list[Reply]:
         now = self.clock.now()
@@ -368,11 +486,14 @@ class Worker:
         saved = True
         if rows or intents:
             try:
-                new = await store.save_counters(rows, intents)
+                result = await store.save_counters(rows, intents)
+                new = result.new_intents
                 self.counters["intents.new"] += new
                 self.counters["intents.repeated"] += len(intents) - new
                 if any(i.type == "renewal.request" for i in intents):
                     self._renewal_wake.set()
+                if result.conflicts:
+                    replies = await self._lost_to_another_worker(replies, result.conflicts)
             except StoreError:
                 log.exception("cannot persist counters; dropping %d replies", len(replies))
                 self.counters["store_error"] += 1

@@ -90,8 +90,9 @@ async def test_the_store_records_each_intent_once_whatever_the_arrivals(tmp_path
     h.handle(*intent(6, intent_id="f" * 32, kind="renewal"), NOW)
     async with await Store.open(tmp_path / "cloud.db") as store:
         await store.add_vehicle(VID, CAR_KEY.public_key(), None)
-        rows = [h.vehicles[VID].row(VID)]
-        assert await store.save_counters(rows, h.intents[:2]) == 1
-        assert await store.save_counters(rows, h.intents[2:]) == 1  # seq 5 repeats, f… new
+        first = await store.save_counters([h.vehicles[VID].row(VID)], h.intents[:2])
+        assert first.new_intents == 1 and not first.conflicts
+        again = await store.save_counters([h.vehicles[VID].row(VID)], h.intents[2:])
+        assert again.new_intents == 1 and not again.conflicts  # seq 5 repeats, f… new
         kept = await store.intents(VID)
     assert [(r.intent_id, r.seq) for r in kept] == [(INTENT, 3), ("f" * 32, 6)]
