@@ -25,7 +25,10 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("serve", help="run a request worker against the broker")
-    s.add_argument("--db", type=Path, required=True, help="SQLite store file")
+    s.add_argument(
+        "--db", type=_store_target, required=True,
+        help="the store: a SQLite file, or a postgresql:// URL (several workers can share it)",
+    )  # fmt: skip
     s.add_argument("--broker-host", default="127.0.0.1")
     s.add_argument("--broker-port", type=int, default=8883)
     s.add_argument("--pki", type=Path, help="a dev PKI directory (sets the key files below)")
@@ -102,7 +105,9 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     i = sub.add_parser("import", help="register vehicles and seed policies in the store")
-    i.add_argument("--db", type=Path, required=True)
+    i.add_argument(
+        "--db", type=_store_target, required=True, help="SQLite file or postgresql:// URL"
+    )
     i.add_argument("--vehicles", type=Path, help="vehicles.json written by dev-pki")
     i.add_argument("--policies", type=Path, help="policies.json (list of policy records)")
     i.add_argument(
@@ -165,7 +170,8 @@ def _serve_config(a: argparse.Namespace, environ: dict[str, str] | None = None) 
             **files,
             **api_files,
             "signing_keys_file": ring,
-            "db_path": a.db,
+            "db_path": a.db if isinstance(a.db, Path) else Path("unused.db"),
+            "db_url": None if isinstance(a.db, Path) else a.db,
             "broker_host": a.broker_host,
             "broker_port": a.broker_port,
             "client_id": a.client_id,
@@ -178,6 +184,11 @@ def _serve_config(a: argparse.Namespace, environ: dict[str, str] | None = None) 
             **_sources(a.sources),
         }
     )
+
+
+def _store_target(text: str) -> Path | str:
+    """A ``--db`` value: a PostgreSQL URL as given, anything else a SQLite file path."""
+    return text if text.startswith(("postgresql://", "postgres://")) else Path(text)
 
 
 def _sources(path: Path | None) -> dict[str, object]:

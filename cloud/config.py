@@ -19,6 +19,16 @@ class InsurerSource(BaseModel):
     webhook_secret: SecretStr
 
 
+class FleetWebhook(BaseModel):
+    """Where a fleet's alerts are delivered (HMAC-signed with ``secret``; docs/alerts.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    fleet_id: str = Field(pattern=r"^f[0-9a-z]{7,39}$")
+    url: str = Field(pattern=r"^https?://")
+    secret: SecretStr
+
+
 class CloudConfig(BaseModel):
     """Everything a cloud process needs; paths are read when the process starts, not here."""
 
@@ -65,6 +75,12 @@ class CloudConfig(BaseModel):
     """The national platform's policy look-up API (authoritative); None: not asked."""
     insurers: tuple[InsurerSource, ...] = ()
     """The insurers to quote, bind and look up with; none: no renewal in the cloud."""
+    db_url: str | None = Field(None, pattern=r"^postgres(ql)?://")
+    """A PostgreSQL store at this URL instead of the SQLite file ``db_path``."""
+    fleet_webhooks: tuple[FleetWebhook, ...] = ()
+    """Per fleet, the URL its alerts are posted to."""
+    alert_interval_s: float = Field(5.0, gt=0)
+    """How often the fleet monitor evaluates alerts and delivers due webhooks."""
 
     @model_validator(mode="after")
     def _api_files_when_serving(self) -> Self:
@@ -76,6 +92,11 @@ class CloudConfig(BaseModel):
             if missing:
                 raise ValueError(f"http_port needs {', '.join(missing)}")
         return self
+
+    @property
+    def store_target(self) -> Path | str:
+        """What ``Store.open`` opens: the PostgreSQL URL if given, else the SQLite file."""
+        return self.db_url or self.db_path
 
     @property
     def advertised_broker(self) -> tuple[str, int]:

@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import ssl
+import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
@@ -35,15 +36,23 @@ class RevocationError(CloudError):
 
 
 def write_crl(ca: CertificateAuthority, path: Path, revoked_serials: list[int]) -> None:
-    """Write a CRL revoking ``revoked_serials`` to ``path`` atomically (temp, fsync, rename)."""
+    """Write a CRL revoking ``revoked_serials`` to ``path`` atomically (temp, fsync, rename).
+
+    Each writer has a temp file of its own: several workers may write the CRL at once.
+    """
     data = ca.crl(sorted(set(revoked_serials)), days=CRL_DAYS).public_bytes(Encoding.PEM)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.chmod(0o644)  # the broker drops to its own user before reading it
-    os.replace(tmp, path)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.chmod(0o644)  # the broker drops to its own user before reading it
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def sighup_from_pid_file(pid_file: Path) -> Callable[[], None]:

@@ -133,10 +133,10 @@ class Worker:
 
     async def run(self) -> None:
         """Load the store, connect, and serve requests until cancelled."""
-        store = await Store.open(self.config.db_path)
+        store = await Store.open(self.config.store_target)
         # The hot path's own connection: counters only, so its commits never wait on
         # (or fold into) a transaction of the hooks that use ``store``.
-        counters_store = await Store.open(self.config.db_path)
+        counters_store = await Store.open(self.config.store_target)
         try:
             self.handler = RequestHandler(
                 vehicles=await store.load_vehicles(),
@@ -185,7 +185,7 @@ class Worker:
         # Imported here: a worker without the API does not pay for FastAPI.
         from .api import create_app, serve_api
 
-        store = await Store.open(self.config.db_path)
+        store = await Store.open(self.config.store_target)
         try:
             app = create_app(
                 self.config,
