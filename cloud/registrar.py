@@ -52,6 +52,15 @@ class VehicleEvents(Protocol):
         """An insurer's signed delivery (payment done): the HTTP status and JSON answer."""
         ...
 
+    async def force_refresh(self, vid: str) -> str:
+        """Re-query ``vid``'s policy sources now: ``updated``, ``unchanged`` or ``unavailable``."""
+        ...
+
+    async def operator_renewal(self, vid: str, intent_id: str) -> bool:
+        """Start a renewal (quote) for ``vid`` as if the car had asked; False if ``intent_id``
+        was already recorded (nothing new started)."""
+        ...
+
 
 class NoEvents:
     """Events that go nowhere: an API running without a worker beside it."""
@@ -67,6 +76,14 @@ class NoEvents:
     ) -> tuple[int, dict[str, str]]:
         """No worker to take it: try again later."""
         return 503, {"error": "not_ready", "message": "no renewal worker in this process"}
+
+    async def force_refresh(self, vid: str) -> str:
+        """No worker to ask the sources."""
+        raise Refused(503, "not_ready", "no policy worker in this process")
+
+    async def operator_renewal(self, vid: str, intent_id: str) -> bool:
+        """No worker to start a renewal."""
+        raise Refused(503, "not_ready", "no renewal worker in this process")
 
 
 @dataclass

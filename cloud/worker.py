@@ -32,6 +32,7 @@ from agent.protocol.keys import PublicKey, kid_for, load_public_key
 
 from .config import CloudConfig
 from .errors import LinkError, StoreError
+from .fleet_monitor import FleetMonitor
 from .handler import CounterRow, IntentRow, Reply, RequestHandler, VehicleState
 from .link import MqttLink, tls_context
 from .ops import LatencyHistogram, WorkerSnapshot, source_health
@@ -84,6 +85,8 @@ class Worker:
         """Cloud-initiated messages (renewal updates, pushed states) for the next commit."""
         self._renewal_wake = asyncio.Event()
         self.renewals: RenewalService | None = None
+        self.monitor: FleetMonitor | None = None
+        """Raises fleet alerts and delivers them to the fleets' webhooks (cloud.fleet_monitor)."""
 
         self._wake = asyncio.Event()
         self.handler: RequestHandler | None = None
@@ -120,7 +123,7 @@ class Worker:
         return WorkerSnapshot(
             connected=self.ready.is_set(),
             handler=dict(self.handler.counters) if self.handler is not None else {},
-            worker=dict(self.counters),
+            worker=dict(self.counters) | self._monitor_counters(),
             renewals=dict(renewals.counters) if renewals is not None else {},
             sources=source_health(registry),
             source_counters=dict(registry.counters) if registry is not None else {},
@@ -130,6 +133,10 @@ class Worker:
             inbox=len(self._inbox),
             publish_failures=self._link.publish_failures if self._link is not None else 0,
         )
+
+    def _monitor_counters(self) -> dict[str, int]:
+        monitor = self.monitor
+        return {} if monitor is None else {f"fleet.{k}": v for k, v in monitor.counters.items()}
 
     async def run(self) -> None:
         """Load the store, connect, and serve requests until cancelled."""
@@ -165,10 +172,12 @@ class Worker:
             self.renewals = RenewalService(
                 store, *build_sources(self.config), notifier=self, now=self.clock.now
             )
+            self.monitor = FleetMonitor(store, self.config, self.clock.now)
             async with asyncio.TaskGroup() as tg:
                 tg.create_task(self._flush_loop(counters_store, link), name="cloud-flush")
                 tg.create_task(self._renewal_loop(self.renewals), name="cloud-renewals")
                 tg.create_task(self._connection_loop(link), name="cloud-connection")
+                tg.create_task(self.monitor.run(), name="cloud-fleet-monitor")
                 if self.config.http_port is not None:
                     tg.create_task(self._serve_api(), name="cloud-api")
                 if self._broker_control is not None:
