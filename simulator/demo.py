@@ -3,12 +3,14 @@
 import asyncio
 import contextlib
 import json
+import os
 import secrets
 import shutil
 import signal
 import subprocess
 import sys
-from dataclasses import replace
+import webbrowser
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final
@@ -22,7 +24,7 @@ from cloud.store import Store
 
 from .broker import Mosquitto, free_port
 from .cars import SimulatedFleet
-from .enroller import create_fleet, enroll_cars
+from .enroller import Operator, create_fleet, enroll_cars, fleet_counts
 from .fleet import synthetic_policies, synthetic_vin
 from .walkthrough import OutsideWorld, walk_through
 
@@ -152,7 +154,8 @@ async def _with_broker(
             # Every car gets a head unit on a free local port and simulated signals.
             configs = [replace(c, head_unit_port=0, bus_poll_s=0.5) for c in configs]
             fleet = SimulatedFleet(configs, [_bus(i) for i in range(len(configs))])
-            ok = await _run_fleet(fleet, broker, pki, workdir, duration_s, world)
+            dashboard = Dashboard(url, pki.ca_cert, operator)
+            ok = await _run_fleet(fleet, broker, pki, workdir, duration_s, world, dashboard)
         finally:
             cloud.terminate()
             try:
@@ -198,6 +201,40 @@ def _showcase(fleet: SimulatedFleet) -> str:
     return "\n".join(lines)
 
 
+@dataclass(frozen=True)
+class Dashboard:
+    """The fleet dashboard the demo's operator opens."""
+
+    url: str
+    ca_file: Path
+    operator: Operator
+
+    @property
+    def link(self) -> str:
+        """The page, with the fleet and its operator token in the fragment (never sent)."""
+        return f"{self.url}/fleet#fleet={self.operator.fleet_id}&token={self.operator.token}"
+
+    async def describe(self) -> str:
+        """What to open, and what it shows now (read through the fleet API)."""
+        total, counts = await fleet_counts(self.url, self.ca_file, self.operator)
+        shown = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        return (
+            f"\nFleet dashboard, live (counts, expiry timeline, vehicles, alerts): {total} "
+            f"vehicles ({shown}). Your browser will not know the dev CA ({self.ca_file}):\n"
+            f"accept its warning.\n  {self.link}"
+        )
+
+
+def _open_in_browser(url: str) -> None:
+    """Open ``url`` where a desktop is there to show it (never in CI or over SSH)."""
+    desktop = (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY") or (sys.platform == "darwin")
+    )
+    if desktop and not os.environ.get("CI") and not os.environ.get("CTPL_DEMO_NO_BROWSER"):
+        with contextlib.suppress(Exception):  # no browser is no reason to stop the demo
+            webbrowser.open(url)
+
+
 async def _run_fleet(
     fleet: SimulatedFleet,
     broker: Mosquitto,
@@ -205,6 +242,7 @@ async def _run_fleet(
     workdir: Path,
     duration_s: float | None,
     world: OutsideWorld,
+    dashboard: "Dashboard",
 ) -> bool:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -220,6 +258,8 @@ async def _run_fleet(
             )
             await asyncio.sleep(1.0)  # a poll of the buses and a decision for every car
             print(_table(fleet))
+            print(await dashboard.describe())
+            _open_in_browser(dashboard.link)
             first = workdir / "cars" / "car-000" / "agent.toml"
             print("\nHead units (open in a browser; prompts show live, never while moving):")
             print(_showcase(fleet))

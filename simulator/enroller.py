@@ -36,6 +36,20 @@ async def create_fleet(url: str, ca_file: Path, admin_token: str, name: str) -> 
     return Operator(body["fleet_id"], body["operator_token"])
 
 
+async def fleet_counts(url: str, ca_file: Path, op: Operator) -> tuple[int, dict[str, int]]:
+    """What the fleet dashboard shows first: (vehicles, counts by policy status)."""
+    tls = ssl.create_default_context(cafile=str(ca_file))
+    async with httpx.AsyncClient(base_url=url, verify=tls, timeout=HTTP_TIMEOUT_S) as c:
+        page = await c.get("/fleet")
+        page.raise_for_status()
+        r = await c.get(
+            f"/v1/fleets/{op.fleet_id}/vehicles", headers={"Authorization": f"Bearer {op.token}"}
+        )
+        r.raise_for_status()
+        body = r.json()
+    return int(body["total"]), {str(k): int(v) for k, v in body["counts"].items()}
+
+
 async def mint_claims(url: str, ca_file: Path, op: Operator, count: int) -> list[str]:
     """One-time claim tokens for ``op``'s fleet, valid an hour."""
     tls = ssl.create_default_context(cafile=str(ca_file))

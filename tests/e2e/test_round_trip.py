@@ -2,6 +2,7 @@
 
 import asyncio
 import dataclasses
+import re
 import subprocess
 import sys
 import time
@@ -82,6 +83,9 @@ def test_the_demo_runs_and_stops_by_itself(tmp_path: Path) -> None:
     assert "renewed through the head unit" in proc.stdout, proc.stdout
     assert "head unit shows covered, prompt gone" in proc.stdout, proc.stdout
     assert "renewal elsewhere confirmed" in proc.stdout and "prompts stop" in proc.stdout
+    # The fleet dashboard is served, and the fleet API behind it lists the five cars.
+    assert re.search(r"Fleet dashboard, live .*: 5 vehicles \(", proc.stdout), proc.stdout
+    assert re.search(r"https://127\.0\.0\.1:\d+/fleet#fleet=f[a-z2-7]{16}&token=", proc.stdout)
 
 
 async def test_a_request_nobody_answered_is_asked_again_until_the_cloud_answers(
