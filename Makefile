@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: bootstrap mosquitto chromium demo test lint format bench clean
+.PHONY: bootstrap mosquitto chromium pg pg-tests pg-stop demo test lint format bench clean
 
 bootstrap: $(STAMP) mosquitto
 
@@ -37,10 +37,33 @@ chromium:
 	  $(SUDO) apt-get update && \
 	  $(SUDO) apt-get install -y --no-install-recommends chromium fonts-wqy-microhei; }
 
+# The PostgreSQL the store tests also run against (CTPL_TEST_PG_URL, default the CI
+# service: postgresql://postgres@127.0.0.1:5432/test). Checks that it answers; never installs.
+CTPL_TEST_PG_URL ?= postgresql://postgres@127.0.0.1:5432/test
+pg: bootstrap
+	@$(BIN)/python .ci/pg_ready.py '$(CTPL_TEST_PG_URL)' || { \
+	  echo "************************************************************************"; \
+	  echo "PostgreSQL does not answer at $(CTPL_TEST_PG_URL)" | sed 's|//[^@/]*@|//|'; \
+	  echo "The store tests run against it (and SQLite). Start one with trust auth for"; \
+	  echo "127.0.0.1 and a database test, e.g. on Debian:"; \
+	  echo "  sudo apt-get install -y postgresql && sudo service postgresql start"; \
+	  echo "  sudo -u postgres createdb test"; \
+	  echo "or set CTPL_TEST_PG_URL=postgresql://user@host:port/db"; \
+	  echo "************************************************************************"; \
+	  exit 1; }
+
+# For `make test`: the PostgreSQL above if it answers, else a private one started in
+# var/pg (installed through apt-get when missing; never under CI, where `make pg` fails).
+pg-tests: bootstrap
+	@.ci/pg_private || $(MAKE) --no-print-directory pg
+
+pg-stop:
+	@.ci/pg_private stop
+
 demo: bootstrap
 	$(BIN)/ctpl-sim demo --cars 20
 
-test: bootstrap chromium
+test: bootstrap chromium pg-tests
 	$(BIN)/pytest
 
 lint: bootstrap

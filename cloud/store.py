@@ -1,4 +1,4 @@
-"""The cloud's embedded store: SQLite through aiosqlite (the only module that imports it).
+"""The cloud's store: SQLite (embedded, the default) or PostgreSQL (at scale), one SQL text.
 
 Vehicles and their registered keys, policies, and per-vehicle counters. The worker
 keeps the hot path in memory and writes counters through in one transaction per
@@ -6,26 +6,24 @@ batch, before it publishes that batch's replies. Enrollment adds fleets (operato
 token digests), one-time claims (digests), and every certificate issued (serial,
 key, expiry), so that a revoked vehicle's serials can go into the CRL.
 
-One connection per Store; a lock keeps one coroutine's transaction from interleaving
-with another's on it. Each process (the worker, the HTTP API) opens its own Store;
-SQLite's busy timeout (5 s) bounds waits between them.
+``Store.open`` takes a SQLite file path or a ``postgresql://`` URL; ``cloud.db`` holds the
+drivers. Each process (the worker, the HTTP API) opens its own Store; on SQLite one
+connection with a lock per Store, whose busy timeout (5 s) bounds waits between processes;
+on PostgreSQL a small pool. The schema is written once, in SQLite's terms, and translated.
 """
 
-import asyncio
 import secrets
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Final, Self
 
-import aiosqlite
-
 from agent.protocol.keys import PublicKey, kid_for, load_public_key, public_pem
 from agent.protocol.vin import VinError, vin_digest
 
+from .db import Db, Tx, add_missing_columns, connect, create_schema, is_postgres_url, where_of
 from .enrollment import ClaimRow, FleetRow, VehicleRow
 from .errors import StoreError
 from .handler import CounterRow, IntentRow, VehicleState
@@ -170,15 +168,54 @@ _CAS_COUNTERS: Final = (
     " WHERE counters.last_seq = ? AND counters.down_seq = ?"
 )
 """A compare-and-set of one vehicle's counters: lands only on the base the row names."""
+_PG_CAS_COUNTERS: Final = (
+    "WITH u AS (SELECT * FROM unnest(?::text[], ?::bigint[], ?::bigint[], ?::bigint[],"
+    " ?::text[], ?::text[], ?::bigint[], ?::bigint[]) AS u(vid, last_seq, down_seq, version,"
+    " content_key, last_seen, base_last, base_down)),"
+    " updated AS (UPDATE counters c SET last_seq = u.last_seq, down_seq = u.down_seq,"
+    " version = u.version, content_key = u.content_key, last_seen = u.last_seen, writer = ?"
+    " FROM u WHERE c.vid = u.vid AND c.last_seq = u.base_last AND c.down_seq = u.base_down"
+    " RETURNING c.vid),"
+    " inserted AS (INSERT INTO counters"
+    " (vid, last_seq, down_seq, version, content_key, last_seen, writer)"
+    " SELECT u.vid, u.last_seq, u.down_seq, u.version, u.content_key, u.last_seen, ? FROM u"
+    " WHERE NOT EXISTS (SELECT 1 FROM counters c WHERE c.vid = u.vid)"
+    " ON CONFLICT (vid) DO NOTHING RETURNING vid)"
+    " SELECT vid FROM updated UNION ALL SELECT vid FROM inserted"
+)
+"""``_CAS_COUNTERS`` for a whole batch in one PostgreSQL statement (columns as arrays);
+returns the vids whose write landed (asyncpg's executemany tells no counts)."""
+_NEW_INTENT: Final = (
+    "INSERT INTO intents (vid, intent_id, type, body, seq, received_at)"
+    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (vid, intent_id) DO NOTHING"
+)
+_PG_NEW_INTENTS: Final = (
+    "INSERT INTO intents (vid, intent_id, type, body, seq, received_at)"
+    " SELECT * FROM unnest(?::text[], ?::text[], ?::text[], ?::bytea[], ?::bigint[], ?::text[])"
+    " ON CONFLICT (vid, intent_id) DO NOTHING"
+)
 _POLICY_COLUMNS: Final = (
     "vid, insurer_code, insurer_name, policy_no_masked, coverage_start, coverage_end, source, "
     "verified_at, override, plate_masked, next_insurer_code, next_insurer_name, "
     "next_policy_no_masked, next_end"
 )
 _SELECT_POLICIES: Final = f"SELECT {_POLICY_COLUMNS} FROM policies"  # noqa: S608 - fixed text
+_REPLACE_POLICY: Final = "ON CONFLICT (vid) DO UPDATE SET " + ", ".join(
+    f"{c} = excluded.{c}" for c in _POLICY_COLUMNS.split(", ")[1:]
+)
+"""Every column but the key from the new row: what SQLite's INSERT OR REPLACE did."""
 _PUT_POLICY: Final = (
-    f"INSERT OR REPLACE INTO policies ({_POLICY_COLUMNS}) "  # noqa: S608 - fixed text
-    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
+    f"INSERT INTO policies ({_POLICY_COLUMNS}) "  # noqa: S608 - fixed text
+    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) {_REPLACE_POLICY}"
+)
+_SEED_COLUMNS: Final = (
+    "vin, insurer_code, insurer_name, policy_no_masked, coverage_start, coverage_end, source,"
+    " verified_at, plate_masked, plate"
+)
+_PUT_SEED: Final = (
+    f"INSERT INTO policy_seeds ({_SEED_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608 - fixed text
+    " ON CONFLICT (vin) DO UPDATE SET "
+    + ", ".join(f"{c} = excluded.{c}" for c in _SEED_COLUMNS.split(", ")[1:])
 )
 
 
@@ -200,6 +237,11 @@ def vin_digest_of(vid: str, vin: str | None) -> str | None:
 
 
 _INTENT_COLUMNS: Final = "vid, intent_id, type, body, seq, received_at"
+_RELOAD: Final = (
+    "SELECT v.vid, v.kid, v.public_key_pem, v.vin, v.revoked_at, c.last_seq,"
+    " c.down_seq, c.version, c.content_key FROM vehicles v"
+    " LEFT JOIN counters c ON c.vid = v.vid"
+)
 
 
 def _intent(r: Sequence[Any]) -> IntentRow:
@@ -261,34 +303,31 @@ class _Conflict(Exception):
 
 
 class Store:
-    """An open cloud store; use ``async with Store.open(path)``."""
+    """An open cloud store; use ``async with await Store.open(target)``."""
 
-    def __init__(self, db: aiosqlite.Connection) -> None:
+    def __init__(self, db: Db) -> None:
         self._db = db
-        self._lock = asyncio.Lock()
         self._writer = secrets.token_hex(8)
         """Stamped on the counters this store writes: tells its own writes from others'."""
 
     @classmethod
-    async def open(cls, path: Path) -> "Store":
-        """Open (creating if needed) the store at ``path``."""
+    async def open(cls, target: Path | str) -> "Store":
+        """Open (creating tables and columns if needed) the store at a SQLite path or URL.
+
+        ``target``: a SQLite file path, or a ``postgresql://`` URL (its query may set server
+        options such as ``search_path``). StoreError if it cannot be opened.
+        """
+        db = await connect(target)
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            db = await aiosqlite.connect(path)
-            await db.execute("PRAGMA journal_mode=WAL")
-            # FULL: a counter that was written survives power loss, so a replay stays refused.
-            await db.execute("PRAGMA synchronous=FULL")
-            await db.execute("PRAGMA foreign_keys=ON")
-            await db.executescript(_SCHEMA)
+            await create_schema(db, _SCHEMA)
             for table, added in _ADDED_COLUMNS.items():
-                async with db.execute(f"PRAGMA table_info({table})") as cur:
-                    have = {row[1] async for row in cur}
-                for column, decl in added.items():
-                    if column not in have:
-                        await db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
-            await db.commit()
-        except (aiosqlite.Error, OSError) as exc:
-            raise StoreError(f"cannot open store {path}: {exc}") from exc
+                await add_missing_columns(db, table, added)
+        except StoreError as exc:
+            await db.close()
+            where = (
+                where_of(target) if isinstance(target, str) and is_postgres_url(target) else target
+            )
+            raise StoreError(f"cannot open store {where}: {exc}") from exc
         return cls(db)
 
     async def close(self) -> None:
@@ -305,19 +344,16 @@ class Store:
 
     async def add_vehicle(self, vid: str, key: PublicKey, vin: str | None) -> None:
         """Register (or re-key) vehicle ``vid`` with its message-signing public key."""
-        await self._write(
+        await self._db.execute(
             "INSERT INTO vehicles(vid, kid, public_key_pem, vin) VALUES (?, ?, ?, ?) "
             "ON CONFLICT(vid) DO UPDATE SET kid=excluded.kid, "
             "public_key_pem=excluded.public_key_pem, vin=excluded.vin",
-            [(vid, kid_for(key), public_pem(key), vin)],
+            (vid, kid_for(key), public_pem(key), vin),
         )
 
     async def put_policy(self, r: PolicyRecord) -> None:
         """Insert or replace the policy of ``r.vid``."""
-        await self._write(
-            _PUT_POLICY,
-            [_policy_row(r)],
-        )
+        await self._db.execute(_PUT_POLICY, _policy_row(r))
 
     async def save_counters(
         self, rows: Iterable[CounterRow], intents: Iterable[IntentRow] = ()
@@ -332,46 +368,76 @@ class Store:
         An intent whose (vid, intent_id) is already stored is ignored (the first copy
         stays): that is what makes a re-sent intent take effect once.
 
-        The worker's hot path, on a connection used for nothing else: calls are not
-        serialized, so a commit that is still on disk lets the next call's rows queue
-        behind it and often ride in the same fsync. Every call returns only once its
-        rows are committed.
+        At most one row per vid in a call. The worker's hot path: on SQLite, concurrent
+        calls are not serialized (``Db.group_commit``), so a commit that is still on disk
+        lets the next call's rows queue behind it and often ride in the same fsync; on
+        PostgreSQL one statement writes the batch's counters (and one its intents).
+        Every call returns only once its rows are committed.
         """
         rows = list(rows)
-        try:
-            cur = await self._db.executemany(
-                _CAS_COUNTERS, [(*r[:6], self._writer, *r[6:]) for r in rows]
-            )
+        intents = list(intents)
+        if self._db.dialect == "postgres":
+            return await self._save_counters_pg(rows, intents)
+        async with self._db.group_commit() as tx:
             conflicts: frozenset[str] = frozenset()
-            if cur.rowcount != len(rows):
-                conflicts = await self._lost_writes(rows)
+            if rows:
+                changed = await tx.executemany(
+                    _CAS_COUNTERS, [(*r[:6], self._writer, *r[6:]) for r in rows]
+                )
+                if changed != len(rows):
+                    conflicts = await self._lost_writes(tx, rows)
             new = 0
             for i in intents:
                 if i.vid in conflicts:
                     continue
-                cursor = await self._db.execute(
-                    "INSERT INTO intents (vid, intent_id, type, body, seq, received_at)"
-                    " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (vid, intent_id) DO NOTHING",
-                    (i.vid, i.intent_id, i.type, i.body, i.seq, _ts(i.received_at)),
+                new += max(
+                    await tx.execute(
+                        _NEW_INTENT,
+                        (i.vid, i.intent_id, i.type, i.body, i.seq, _ts(i.received_at)),
+                    ),
+                    0,
                 )
-                new += max(cursor.rowcount, 0)
-            await self._db.commit()
-        except aiosqlite.Error as exc:
-            raise StoreError(f"save counters failed: {exc}") from exc
         return Saved(new, conflicts)
 
-    async def _lost_writes(self, rows: list[CounterRow]) -> frozenset[str]:
+    async def _save_counters_pg(self, rows: list[CounterRow], intents: list[IntentRow]) -> Saved:
+        if not intents:  # one statement, its own transaction: one round trip
+            return Saved(0, await self._pg_cas(self._db, rows))
+        async with self._db.transaction() as tx:
+            conflicts = await self._pg_cas(tx, rows)
+            new = await self._pg_new_intents(tx, [i for i in intents if i.vid not in conflicts])
+        return Saved(new, conflicts)
+
+    async def _pg_cas(self, tx: Tx, rows: list[CounterRow]) -> frozenset[str]:
+        """Write ``rows`` by compare-and-set; the vids whose write did not land."""
+        if not rows:
+            return frozenset()
+        columns = [list(c) for c in zip(*rows, strict=True)]
+        landed = await tx.fetch(_PG_CAS_COUNTERS, [*columns, self._writer, self._writer])
+        return frozenset(r[0] for r in rows) - {r[0] for r in landed}
+
+    @staticmethod
+    async def _pg_new_intents(tx: Tx, intents: list[IntentRow]) -> int:
+        if not intents:
+            return 0
+        columns = [
+            [i.vid for i in intents], [i.intent_id for i in intents], [i.type for i in intents],
+            [i.body for i in intents], [i.seq for i in intents],
+            [_ts(i.received_at) for i in intents],
+        ]  # fmt: skip
+        return max(await tx.execute(_PG_NEW_INTENTS, columns), 0)
+
+    async def _lost_writes(self, tx: Tx, rows: list[CounterRow]) -> frozenset[str]:
         """The vids of ``rows`` whose stored counters are not this store's write of them."""
         mine = {r[0]: (r[1], r[2]) for r in rows}
         marks = ", ".join("?" * len(mine))
-        async with self._db.execute(
+        found = await tx.fetch(
             f"SELECT vid, last_seq, down_seq, writer FROM counters WHERE vid IN ({marks})",  # noqa: S608 - placeholders only
             list(mine),
-        ) as cur:
-            landed = {
-                vid for vid, last, down, writer in await cur.fetchall()
-                if writer == self._writer and (last, down) == mine[vid]
-            }  # fmt: skip
+        )
+        landed = {
+            vid for vid, last, down, writer in found
+            if writer == self._writer and (last, down) == mine[vid]
+        }  # fmt: skip
         return frozenset(mine) - landed
 
     async def reload_vehicles(self, vids: Iterable[str]) -> dict[str, StoredVehicle]:
@@ -383,23 +449,19 @@ class Store:
         wanted = list(dict.fromkeys(vids))
         if not wanted:
             return {}
-        marks = ", ".join("?" * len(wanted))
-        sql = (
-            "SELECT v.vid, v.kid, v.public_key_pem, v.vin, v.revoked_at, c.last_seq,"  # noqa: S608 - placeholders only
-            " c.down_seq, c.version, c.content_key FROM vehicles v"
-            f" LEFT JOIN counters c ON c.vid = v.vid WHERE v.vid IN ({marks})"
-        )
-        try:
-            async with self._db.execute(sql, wanted) as cur:
-                return {
-                    r[0]: StoredVehicle(
-                        r[1], bytes(r[2]), r[3], r[4] is not None, r[5] or 0, r[6] or 0,
-                        r[7] or 0, r[8] or "",
-                    )
-                    for r in await cur.fetchall()
-                }  # fmt: skip
-        except aiosqlite.Error as exc:
-            raise StoreError(f"cannot reload vehicles: {exc}") from exc
+        if self._db.dialect == "postgres":
+            # One fixed text whatever the count (each distinct text is a prepared statement).
+            found = await self._db.fetch(f"{_RELOAD} WHERE v.vid = ANY(?::text[])", (wanted,))
+        else:
+            marks = ", ".join("?" * len(wanted))
+            found = await self._db.fetch(f"{_RELOAD} WHERE v.vid IN ({marks})", wanted)
+        return {
+            r[0]: StoredVehicle(
+                r[1], bytes(r[2]), r[3], r[4] is not None, r[5] or 0, r[6] or 0, r[7] or 0,
+                r[8] or "",
+            )
+            for r in found
+        }  # fmt: skip
 
     async def load_vehicles(self) -> dict[str, VehicleState]:
         """Every registered vehicle that is not revoked, with its key and counters."""
@@ -410,24 +472,18 @@ class Store:
             "FROM vehicles v LEFT JOIN counters c ON c.vid = v.vid "
             "WHERE v.revoked_at IS NULL"
         )
-        try:
-            # Under the lock: a read left open on this connection while another coroutine
-            # begins a write would pin an old snapshot and make that write fail at once.
-            async with self._lock, self._db.execute(sql) as cur:
-                async for vid, kid, pem, last, down, version, ckey, vin, seen in cur:
-                    out[vid] = VehicleState(
-                        kid=kid,
-                        key=load_public_key(pem),
-                        last_seq=last or 0,
-                        down_seq=down or 0,
-                        version=version or 0,
-                        content_key=ckey or "",
-                        vin_digest=vin_digest_of(vid, vin),
-                        last_seen=_dt(seen),
-                        stored=(last or 0, down or 0),
-                    )
-        except aiosqlite.Error as exc:
-            raise StoreError(f"cannot load vehicles: {exc}") from exc
+        for vid, kid, pem, last, down, version, ckey, vin, seen in await self._db.fetch(sql):
+            out[vid] = VehicleState(
+                kid=kid,
+                key=load_public_key(pem),
+                last_seq=last or 0,
+                down_seq=down or 0,
+                version=version or 0,
+                content_key=ckey or "",
+                vin_digest=vin_digest_of(vid, vin),
+                last_seen=_dt(seen),
+                stored=(last or 0, down or 0),
+            )
         return out
 
     async def load_policies(self, vid: str | None = None) -> dict[str, PolicyRecord]:
@@ -436,29 +492,25 @@ class Store:
         sql = _SELECT_POLICIES if vid is None else f"{_SELECT_POLICIES} WHERE vid = ?"
         args = () if vid is None else (vid,)
         out: dict[str, PolicyRecord] = {}
-        try:
-            async with self._lock, self._db.execute(sql, args) as cur:
-                async for row in cur:
-                    vid_, code, name, no, start, end, source, verified, override, plate = row[:10]
-                    next_code, next_name, next_no, next_end = row[10:]
-                    out[vid_] = PolicyRecord(
-                        vid=vid_,
-                        insurer_code=code,
-                        insurer_name=name,
-                        policy_no_masked=no,
-                        coverage_start=date.fromisoformat(start),
-                        coverage_end=date.fromisoformat(end),
-                        source=source,
-                        verified_at=datetime.fromisoformat(verified),
-                        override=override,
-                        plate_masked=plate,
-                        next_insurer_code=next_code,
-                        next_insurer_name=next_name,
-                        next_policy_no_masked=next_no,
-                        next_end=None if next_end is None else date.fromisoformat(next_end),
-                    )
-        except aiosqlite.Error as exc:
-            raise StoreError(f"cannot load policies: {exc}") from exc
+        for row in await self._db.fetch(sql, args):
+            vid_, code, name, no, start, end, source, verified, override, plate = row[:10]
+            next_code, next_name, next_no, next_end = row[10:]
+            out[vid_] = PolicyRecord(
+                vid=vid_,
+                insurer_code=code,
+                insurer_name=name,
+                policy_no_masked=no,
+                coverage_start=date.fromisoformat(start),
+                coverage_end=date.fromisoformat(end),
+                source=source,
+                verified_at=datetime.fromisoformat(verified),
+                override=override,
+                plate_masked=plate,
+                next_insurer_code=next_code,
+                next_insurer_name=next_name,
+                next_policy_no_masked=next_no,
+                next_end=None if next_end is None else date.fromisoformat(next_end),
+            )
         return out
 
     async def put_policy_seed(self, vin: str, r: PolicyRecord, plate: str | None = None) -> None:
@@ -466,29 +518,27 @@ class Store:
 
         A stand-in for looking the policy up by VIN at the authoritative sources.
         """
-        await self._write(
-            "INSERT OR REPLACE INTO policy_seeds (vin, insurer_code, insurer_name,"
-            " policy_no_masked, coverage_start, coverage_end, source, verified_at, plate_masked,"
-            " plate) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [
-                (
-                    vin, r.insurer_code, r.insurer_name, r.policy_no_masked,
-                    r.coverage_start.isoformat(), r.coverage_end.isoformat(), r.source,
-                    r.verified_at.isoformat(), r.plate_masked, plate,
-                )
-            ],
+        await self._db.execute(
+            _PUT_SEED,
+            (
+                vin, r.insurer_code, r.insurer_name, r.policy_no_masked,
+                r.coverage_start.isoformat(), r.coverage_end.isoformat(), r.source,
+                r.verified_at.isoformat(), r.plate_masked, plate,
+            ),
         )  # fmt: skip
 
     async def adopt_policy_seed(self, vid: str) -> PolicyRecord | None:
         """Give ``vid`` the policy seeded for its VIN, if any; return its policy record."""
-        async with self._transaction("adopt policy seed") as db:
+        async with self._db.transaction() as db:
+            # The columns not inserted (the next policy's) become NULL, as a replace did.
             await db.execute(
-                "INSERT OR REPLACE INTO policies (vid, insurer_code, insurer_name, "
+                "INSERT INTO policies (vid, insurer_code, insurer_name, "  # noqa: S608 - fixed text
                 "policy_no_masked, coverage_start, coverage_end, source, verified_at, override, "
                 "plate_masked) SELECT v.vid, s.insurer_code, s.insurer_name, "
                 "s.policy_no_masked, s.coverage_start, s.coverage_end, s.source, s.verified_at, "
                 "NULL, s.plate_masked "
-                "FROM vehicles v JOIN policy_seeds s ON s.vin = v.vin WHERE v.vid = ?",
+                "FROM vehicles v JOIN policy_seeds s ON s.vin = v.vin WHERE v.vid = ? "
+                f"{_REPLACE_POLICY}",
                 (vid,),
             )
             await db.execute(
@@ -498,36 +548,8 @@ class Store:
             )
         return (await self.load_policies(vid)).get(vid)
 
-    async def _write(self, sql: str, rows: list[tuple[object, ...]]) -> None:
-        async with self._transaction("write") as db:
-            await db.executemany(sql, rows)
-
-    @asynccontextmanager
-    async def _transaction(self, what: str) -> AsyncIterator[aiosqlite.Connection]:
-        """One transaction under the lock: committed if the block ends normally, else undone."""
-        async with self._lock:
-            try:
-                # IMMEDIATE: take the write lock first. The worker and the API write
-                # through separate connections; a deferred transaction that read first
-                # would fail at once ("database is locked") instead of waiting its turn.
-                await self._db.execute("BEGIN IMMEDIATE")
-                yield self._db
-                await self._db.commit()
-            except BaseException as exc:
-                # Cancellation too: an open transaction left behind would be committed
-                # by whichever write comes next on this connection.
-                await self._db.rollback()
-                if isinstance(exc, aiosqlite.Error):
-                    raise StoreError(f"{what} failed: {exc}") from exc
-                raise
-
-    async def _rows(self, sql: str, params: tuple[object, ...]) -> list[aiosqlite.Row]:
-        async with self._lock:
-            try:
-                async with self._db.execute(sql, params) as cur:
-                    return list(await cur.fetchall())
-            except aiosqlite.Error as exc:
-                raise StoreError(f"read failed: {exc}") from exc
+    async def _rows(self, sql: str, params: tuple[object, ...]) -> list[tuple[Any, ...]]:
+        return await self._db.fetch(sql, params)
 
     # ---- enrollment ------------------------------------------------------------
 
@@ -535,8 +557,8 @@ class Store:
         self, fleet_id: str, name: str, operator_digest: bytes, now: datetime
     ) -> None:
         """Add a fleet whose operator token has SHA-256 ``operator_digest``."""
-        await self._write(
-            "INSERT INTO fleets VALUES (?, ?, ?, ?)", [(fleet_id, name, operator_digest, _ts(now))]
+        await self._db.execute(
+            "INSERT INTO fleets VALUES (?, ?, ?, ?)", (fleet_id, name, operator_digest, _ts(now))
         )
 
     async def fleet(self, fleet_id: str) -> FleetRow | None:
@@ -553,7 +575,7 @@ class Store:
 
     async def add_claims(self, fleet_id: str, digests: list[bytes], expires_at: datetime) -> None:
         """Add one-time claims (by token digest) for ``fleet_id``, all in one transaction."""
-        await self._write(
+        await self._db.executemany(
             "INSERT INTO claims(digest, fleet_id, expires_at) VALUES (?, ?, ?)",
             [(d, fleet_id, _ts(expires_at)) for d in digests],
         )
@@ -586,13 +608,13 @@ class Store:
         """
         pem = public_pem(key)
         try:
-            async with self._transaction("enroll") as db:
-                cur = await db.execute(
+            async with self._db.transaction() as db:
+                used = await db.execute(
                     "UPDATE claims SET used_at = ?, vid = ? "
                     "WHERE digest = ? AND used_at IS NULL AND expires_at > ?",
                     (_ts(now), vid, claim_digest, _ts(now)),
                 )
-                if cur.rowcount != 1:
+                if used != 1:
                     raise _Conflict
                 await db.execute(
                     "INSERT INTO vehicles(vid, kid, public_key_pem, vin, registered_at, fleet_id) "
@@ -612,13 +634,13 @@ class Store:
         False (and nothing stored) if the vehicle was revoked or renewed with this seq meanwhile.
         """
         try:
-            async with self._transaction("renew") as db:
-                cur = await db.execute(
+            async with self._db.transaction() as db:
+                renewed = await db.execute(
                     "UPDATE vehicles SET kid = ?, public_key_pem = ?, renew_seq = ? "
                     "WHERE vid = ? AND renew_seq < ? AND revoked_at IS NULL",
                     (kid_for(key), public_pem(key), seq, vid, seq),
                 )
-                if cur.rowcount != 1:
+                if renewed != 1:
                     raise _Conflict
                 await self._insert_certificate(db, vid, serial, key, not_after, now)
         except _Conflict:
@@ -632,29 +654,40 @@ class Store:
 
         Recording the same certificate again changes nothing (imports can be rerun).
         """
-        async with self._transaction("add certificate") as db:
-            async with db.execute(
+        async with self._db.transaction() as db:
+            # Insert-if-absent first: two importers at once cannot both find it missing.
+            if await self._insert_certificate(db, vid, serial, key, not_after, now, once=True):
+                return
+            known = await db.fetchone(
                 "SELECT vid FROM certificates WHERE serial = ?", (str(serial),)
-            ) as cur:
-                known = await cur.fetchone()
-            if known is None:
-                await self._insert_certificate(db, vid, serial, key, not_after, now)
-            elif known[0] != vid:
+            )
+            if known is not None and known[0] != vid:
                 raise StoreError(f"certificate serial {serial} belongs to another vehicle")
 
     @staticmethod
     async def _insert_certificate(
-        db: aiosqlite.Connection,
+        db: Tx,
         vid: str,
         serial: int,
         key: PublicKey,
         not_after: datetime,
         now: datetime,
-    ) -> None:
-        await db.execute(
-            "INSERT INTO certificates VALUES (?, ?, ?, ?, ?, ?)",
-            (str(serial), vid, kid_for(key), public_pem(key), _ts(not_after), _ts(now)),
-        )
+        *,
+        once: bool = False,
+    ) -> bool:
+        """Record the certificate; with ``once``, False (and nothing written) if it is known."""
+        row = (str(serial), vid, kid_for(key), public_pem(key), _ts(not_after), _ts(now))
+        if once:
+            return (
+                await db.execute(
+                    "INSERT INTO certificates VALUES (?, ?, ?, ?, ?, ?)"
+                    " ON CONFLICT (serial) DO NOTHING",
+                    row,
+                )
+                == 1
+            )
+        await db.execute("INSERT INTO certificates VALUES (?, ?, ?, ?, ?, ?)", row)
+        return True
 
     async def vehicle(self, vid: str) -> VehicleRow | None:
         """The enrollment state of ``vid``, if registered."""
@@ -677,13 +710,12 @@ class Store:
 
     async def revoke(self, vid: str, now: datetime) -> datetime | None:
         """Mark ``vid`` revoked (once; later calls keep the first time); None if unknown."""
-        async with self._transaction("revoke") as db:
+        async with self._db.transaction() as db:
             await db.execute(
                 "UPDATE vehicles SET revoked_at = ? WHERE vid = ? AND revoked_at IS NULL",
                 (_ts(now), vid),
             )
-            async with db.execute("SELECT revoked_at FROM vehicles WHERE vid = ?", (vid,)) as cur:
-                row = await cur.fetchone()
+            row = await db.fetchone("SELECT revoked_at FROM vehicles WHERE vid = ?", (vid,))
         return None if row is None else _dt(row[0])
 
     async def revoked_serials(self) -> list[int]:
@@ -699,7 +731,7 @@ class Store:
         """Recorded intents, oldest first; of one vehicle when ``vid`` is given."""
         where, params = ("WHERE vid = ?", (vid,)) if vid is not None else ("", ())
         rows = await self._rows(
-            f"SELECT {_INTENT_COLUMNS} FROM intents {where} "  # noqa: S608
+            f"SELECT {_INTENT_COLUMNS} FROM intents {where} "  # noqa: S608 - fixed texts
             "ORDER BY received_at, seq",
             params,
         )
@@ -723,32 +755,29 @@ class Store:
         older than ``lease`` (its claimer died), is claimed afresh. Several workers share
         the store; each intent is acted on by the one that claimed it.
         """
-        async with (
-            self._transaction("claim intents") as db,
-            db.execute(
-                f"UPDATE intents SET claimed_by = ?, claimed_at = ?"  # noqa: S608 - fixed text
-                " WHERE type = ? AND processed_at IS NULL"
-                " AND (claimed_at IS NULL OR claimed_at < ? OR claimed_by = ?)"
-                f" RETURNING {_INTENT_COLUMNS}",
-                (owner, _ts(now), type_, _ts(now - lease), owner),
-            ) as cur,
-        ):
-            rows = await cur.fetchall()
+        # One conditional UPDATE: on PostgreSQL a concurrent claimer waits for the row and
+        # then finds it claimed (the condition is checked again), so each goes to one.
+        rows = await self._db.fetch(
+            f"UPDATE intents SET claimed_by = ?, claimed_at = ?"  # noqa: S608 - fixed text
+            " WHERE type = ? AND processed_at IS NULL"
+            " AND (claimed_at IS NULL OR claimed_at < ? OR claimed_by = ?)"
+            f" RETURNING {_INTENT_COLUMNS}",
+            (owner, _ts(now), type_, _ts(now - lease), owner),
+        )
         return sorted((_intent(r) for r in rows), key=lambda i: (i.received_at, i.seq))
 
     async def mark_processed(self, vid: str, intent_id: str, now: datetime) -> None:
         """Note that intent (vid, intent_id) was acted on."""
-        async with self._transaction("mark intent processed") as db:
-            await db.execute(
-                "UPDATE intents SET processed_at = ? WHERE vid = ? AND intent_id = ?",
-                (_ts(now), vid, intent_id),
-            )
+        await self._db.execute(
+            "UPDATE intents SET processed_at = ? WHERE vid = ? AND intent_id = ?",
+            (_ts(now), vid, intent_id),
+        )
 
     async def save_flow(
         self, flow: Flow, now: datetime, policy: PolicyRecord | None = None
     ) -> None:
         """Store the renewal flow (and the policy it issued, in the same transaction)."""
-        async with self._transaction("save renewal") as db:
+        async with self._db.transaction() as db:
             await db.execute(
                 "INSERT INTO renewals (renewal_id, vid, stage, flow, order_id, updated_at)"
                 " VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (renewal_id) DO UPDATE SET"
@@ -777,8 +806,7 @@ class Store:
 
     async def set_plate(self, vid: str, plate: str) -> None:
         """Record the vehicle's plate in clear (the sources look policies up by it)."""
-        async with self._transaction("set plate") as db:
-            await db.execute("UPDATE vehicles SET plate = ? WHERE vid = ?", (plate, vid))
+        await self._db.execute("UPDATE vehicles SET plate = ? WHERE vid = ?", (plate, vid))
 
     async def fleet_vehicles(
         self, fleet_id: str
@@ -818,14 +846,14 @@ class Store:
     async def add_alerts(self, rows: list[AlertRow]) -> list[str]:
         """Store each alert unless its id is stored already; the ids newly stored."""
         added: list[str] = []
-        async with self._transaction("add alerts") as db:
+        async with self._db.transaction() as db:
             for a in rows:
-                cur = await db.execute(
+                stored = await db.execute(
                     f"INSERT INTO alerts ({_ALERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"  # noqa: S608 - fixed text
                     " ON CONFLICT (alert_id) DO NOTHING",
                     _alert_row(a),
                 )
-                if cur.rowcount == 1:
+                if stored == 1:
                     added.append(a.alert_id)
         return added
 
@@ -849,6 +877,27 @@ class Store:
         )
         return [_alert(r) for r in rows]
 
+    async def claim_due_alerts(
+        self, now: datetime, lease: timedelta, limit: int = 50
+    ) -> list[AlertRow]:
+        """Take the alerts due at ``now`` (as ``due_alerts``) for one delivery attempt.
+
+        Each is given to one claimer: it is not due again until ``now + lease`` (by then
+        its attempt is recorded, or its claimer died and another may try). Several workers
+        share the store; each due alert is posted by one of them at a time.
+        """
+        due = (
+            "delivered_at IS NULL AND gave_up = 0"
+            " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
+        )
+        rows = await self._db.fetch(
+            f"UPDATE alerts SET next_attempt_at = ? WHERE alert_id IN"  # noqa: S608 - fixed text
+            f" (SELECT alert_id FROM alerts WHERE {due} ORDER BY raised_at, alert_id LIMIT ?)"
+            f" AND {due} RETURNING {_ALERT_COLUMNS}",
+            (_ts(now + lease), _ts(now), limit, _ts(now)),
+        )
+        return sorted((_alert(r) for r in rows), key=lambda a: (a.raised_at, a.alert_id))
+
     async def alert_attempted(
         self,
         alert_id: str,
@@ -859,16 +908,15 @@ class Store:
         gave_up: bool = False,
     ) -> None:
         """Record a delivery attempt of ``alert_id`` (a delivered alert stays delivered)."""
-        async with self._transaction("record alert attempt") as db:
-            await db.execute(
-                "UPDATE alerts SET attempts = ?, delivered_at = ?, next_attempt_at = ?,"
-                " gave_up = ? WHERE alert_id = ? AND delivered_at IS NULL",
-                (
-                    attempts, None if delivered_at is None else _ts(delivered_at),
-                    None if next_attempt_at is None else _ts(next_attempt_at), int(gave_up),
-                    alert_id,
-                ),
-            )  # fmt: skip
+        await self._db.execute(
+            "UPDATE alerts SET attempts = ?, delivered_at = ?, next_attempt_at = ?,"
+            " gave_up = ? WHERE alert_id = ? AND delivered_at IS NULL",
+            (
+                attempts, None if delivered_at is None else _ts(delivered_at),
+                None if next_attempt_at is None else _ts(next_attempt_at), int(gave_up),
+                alert_id,
+            ),
+        )  # fmt: skip
 
 
 _ALERT_COLUMNS: Final = (
