@@ -1,6 +1,7 @@
 """Outbound alert webhooks: signed POSTs to each fleet's URL, retried, resumable.
 
-Each due alert (``store.due_alerts``) is POSTed as ``alerts.webhook_body`` with
+Each due alert, claimed so that one worker of several posts it
+(``store.claim_due_alerts``), is POSTed as ``alerts.webhook_body`` with
 ``X-CTPL-Alert-Id``, ``X-CTPL-Timestamp`` (unix seconds) and ``X-CTPL-Signature:
 sha256=<hex HMAC-SHA256(secret, f"{timestamp}." + body)>``. A 2xx answer delivers it;
 anything else (status, timeout, connection error) is retried after a full-jitter
@@ -31,6 +32,9 @@ MAX_ATTEMPTS: Final = 12
 BASE_S: Final = 1.0
 CAP_S: Final = 300.0
 TIMEOUT_S: Final = 10.0
+CLAIM_LEASE: Final = timedelta(seconds=120)
+"""A claimed alert is not due again for this long: its attempt ends (TIMEOUT_S) and is
+recorded well within it, unless the worker died, when another takes it over."""
 CONCURRENCY: Final = 8
 SIGNATURE_PREFIX: Final = "sha256="
 
@@ -110,7 +114,7 @@ class AlertSender:
 
     async def deliver_due(self, store: Store, now: datetime, limit: int = 50) -> int:
         """Attempt every alert due at ``now`` (at most ``limit``); how many were delivered."""
-        due = await store.due_alerts(now, limit)
+        due = await store.claim_due_alerts(now, CLAIM_LEASE, limit)
         gate = asyncio.Semaphore(CONCURRENCY)
 
         async def one(a: AlertRow) -> bool:
