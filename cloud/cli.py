@@ -69,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
         help='policy sources: {"national_url": …, "insurers": [{"code", "name", "url", '
         '"webhook_secret"}]} (docs/sources.md); none: no renewal in the cloud',
     )
+    s.add_argument(
+        "--fleet-webhooks",
+        type=Path,
+        metavar="JSON",
+        help='where fleets\' alerts are posted: [{"fleet_id", "url", "secret"}] '
+        "(docs/alerts.md); none: alerts show on the API and the dashboard only",
+    )
     s.add_argument("-v", "--verbose", action="store_true")
     s.add_argument(
         "--log-format",
@@ -182,8 +189,22 @@ def _serve_config(a: argparse.Namespace, environ: dict[str, str] | None = None) 
             "broker_pid_file": a.broker_pid_file,
             "admin_token": _admin_token(a, dict(os.environ) if environ is None else environ),
             **_sources(a.sources),
+            "fleet_webhooks": _fleet_webhooks(a.fleet_webhooks),
         }
     )
+
+
+def _fleet_webhooks(path: Path | None) -> tuple[object, ...]:
+    """The fleets' alert webhooks from a file (it holds their secrets)."""
+    if path is None:
+        return ()
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise SystemExit(f"ctpl-cloud serve: --fleet-webhooks {path}: {exc}") from exc
+    if not isinstance(data, list):
+        raise SystemExit(f"ctpl-cloud serve: --fleet-webhooks {path}: expected a JSON list")
+    return tuple(data)
 
 
 def _store_target(text: str) -> Path | str:
@@ -205,13 +226,15 @@ def _sources(path: Path | None) -> dict[str, object]:
 
 
 async def _import(a: argparse.Namespace) -> None:
+    from .db import where_of
     from .fleet_file import import_files
     from .store import Store
 
     store = await Store.open(a.db)
     async with store:
         nv, np = await import_files(store, a.vehicles, a.policies, a.policies_by_vin)
-    print(f"imported {nv} vehicles and {np} policies into {a.db}")
+    where = a.db if isinstance(a.db, Path) else where_of(a.db)  # never a password
+    print(f"imported {nv} vehicles and {np} policies into {where}")
 
 
 def _roll(a: argparse.Namespace, now: datetime) -> None:

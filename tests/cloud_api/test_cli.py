@@ -46,3 +46,23 @@ def test_http_port_without_the_api_files_is_refused(shared_pki: DevPki) -> None:
     assert _config(files).http_port is None
     with pytest.raises(SystemExit, match="root_key_file"):
         _config([*files, "--http-port", "8443"])
+
+
+def test_a_postgresql_url_and_fleet_webhooks(shared_pki: DevPki, tmp_path: Path) -> None:
+    hooks = tmp_path / "hooks.json"
+    hooks.write_text(
+        '[{"fleet_id": "fabcdefghijklmnop", "url": "https://ops.example/h", "secret": "k"}]'
+    )
+    argv = ["--pki", str(shared_pki.root), "--fleet-webhooks", str(hooks)]
+    config = _serve_config(
+        _parser().parse_args(["serve", "--db", "postgresql://ctpl@db:5432/ctpl", *argv]), {}
+    )
+    assert config.store_target == "postgresql://ctpl@db:5432/ctpl"
+    [hook] = config.fleet_webhooks
+    assert (hook.fleet_id, hook.url, hook.secret.get_secret_value()) == (
+        "fabcdefghijklmnop", "https://ops.example/h", "k",
+    )  # fmt: skip
+    assert _config(["--pki", str(shared_pki.root)]).store_target == Path("x.db")
+    hooks.write_text('{"not": "a list"}')
+    with pytest.raises(SystemExit, match="expected a JSON list"):
+        _config(argv)
