@@ -53,6 +53,9 @@ PRESENCE_FILTER: Final = f"{topics.PREFIX}/+/presence"
 _PRESENCE_SUFFIX: Final = "/presence"
 CLAIM_LEASE: Final = timedelta(minutes=2)
 """A renewal intent claimed by a worker that died is taken over after this long."""
+SHARED_FOR_S: Final = 600.0
+"""After a sign of another worker writing (a refused write, counters adopted), read each
+batch's vehicles from the store first for this long."""
 RENEWAL_POLL_S: Final = 30.0
 """The renewal loop looks for intents this often even when nothing woke it."""
 
@@ -98,6 +101,10 @@ class Worker:
         """Per request: start of its batch's handling until its reply goes to the link."""
         self._online: set[str] = set()
         """Vids whose retained presence says ``online``."""
+        self._shared_until = 0.0
+        """Until then (monotonic s) each batch's vehicles are read from the store first:
+        another worker wrote counters lately. Alone, a worker reads only vehicles it
+        does not know (enrolled through another worker's API)."""
 
     def _receive(self, topic: str, payload: bytes) -> None:
         if topic.endswith(_PRESENCE_SUFFIX):
@@ -315,10 +322,11 @@ class Worker:
         (a write of them was refused: the store is the truth).
         """
         store, handler = self._counters_store, self.handler
-        if store is None or handler is None:
+        wanted = list(dict.fromkeys(vids))
+        if store is None or handler is None or not wanted:
             return
-        stored = await store.reload_vehicles(vids)
-        for vid in dict.fromkeys(vids):
+        stored = await store.reload_vehicles(wanted)
+        for vid in wanted:
             if await self._adopt(vid, stored.get(vid), vid in force):
                 record = (await store.load_policies(vid)).get(vid)
                 handler.set_policy(vid, record)
@@ -348,6 +356,7 @@ class Worker:
         told_other = sv.content_key != v.content_key
         v.adopt(sv.last_seq, sv.down_seq, sv.version, sv.content_key)
         self.counters["counters.adopted"] += 1
+        self._shared_until = time.monotonic() + SHARED_FOR_S
         return told_other
 
     async def insurer_webhook(
@@ -434,7 +443,10 @@ class Worker:
                     continue
                 started = time.perf_counter()
                 if batch:
-                    await self._reconcile(_vid_of(topic) for topic, _ in batch)
+                    vids = {_vid_of(topic) for topic, _ in batch}
+                    if time.monotonic() >= self._shared_until:  # alone, as far as we know
+                        vids = {v for v in vids if v not in handler.vehicles}
+                    await self._reconcile(vids)
                 pushed, self._outbound = self._outbound, []
                 replies = self._handle_batch(handler, batch) + pushed
                 dirty, handler.dirty = handler.dirty, set()
@@ -461,6 +473,7 @@ class Worker:
         issued afresh under the stored counters.
         """
         self.counters["counters.conflicts"] += len(conflicts)
+        self._shared_until = time.monotonic() + SHARED_FOR_S
         await self._reconcile(conflicts, force=conflicts)
         for reply in replies:
             if reply.vid in conflicts and reply.again is not None:
