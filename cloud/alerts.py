@@ -146,8 +146,8 @@ def derive(
     return out
 
 
-def to_json(a: AlertRow) -> dict[str, object]:
-    """The alert as the API and the webhooks show it (``detail`` parsed)."""
+def _what(a: AlertRow) -> dict[str, object]:
+    """What an alert says (``detail`` parsed), without its delivery state."""
     return {
         "alert_id": a.alert_id,
         "fleet_id": a.fleet_id,
@@ -155,6 +155,12 @@ def to_json(a: AlertRow) -> dict[str, object]:
         "kind": a.kind,
         "raised_at": a.raised_at.isoformat(),
         "detail": json.loads(a.detail),
+    }
+
+
+def to_json(a: AlertRow) -> dict[str, object]:
+    """The alert as the API and the dashboard show it, with its delivery state."""
+    return _what(a) | {
         "delivered": a.delivered_at is not None,
         "attempts": a.attempts,
         "gave_up": a.gave_up,
@@ -163,15 +169,7 @@ def to_json(a: AlertRow) -> dict[str, object]:
 
 def webhook_body(a: AlertRow) -> bytes:
     """The exact bytes POSTed to the fleet's webhook (and signed)."""
-    doc = {
-        "alert_id": a.alert_id,
-        "fleet_id": a.fleet_id,
-        "vid": a.vid,
-        "kind": a.kind,
-        "raised_at": a.raised_at.isoformat(),
-        "detail": json.loads(a.detail),
-    }
-    return json.dumps(doc, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return json.dumps(_what(a), sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def retry_delay_s(attempts: int, base_s: float, cap_s: float, u: float) -> float:

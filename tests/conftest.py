@@ -1,4 +1,5 @@
-"""Fixtures shared by every test area: a dev PKI and a real Mosquitto from broker-config/."""
+"""Fixtures shared by every test area: a dev PKI, a real Mosquitto from broker-config/, and
+``db_target`` (a fresh store on SQLite, then on PostgreSQL: tests/store/conftest.py)."""
 
 from collections.abc import Iterator
 from pathlib import Path
@@ -7,6 +8,7 @@ import pytest
 
 from cloud.pki import DevPki, write_dev_pki
 from simulator.broker import Mosquitto
+from tests.store.conftest import db_target  # noqa: F401 - shared with the e2e tests
 
 SHARED_CARS = 12
 

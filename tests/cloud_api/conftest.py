@@ -129,8 +129,14 @@ def p384_key() -> ec.EllipticCurvePrivateKey:
 
 
 @asynccontextmanager
-async def serving(pki: DevPki, tmp_path: Path) -> AsyncIterator[Api]:
-    """The app served by uvicorn over TLS from ``pki``, with a fresh store and a manual clock."""
+async def serving(
+    pki: DevPki, tmp_path: Path, events: Any = None, **state: object
+) -> AsyncIterator[Api]:
+    """The app served by uvicorn over TLS from ``pki``, with a fresh store and a manual clock.
+
+    ``events``: the worker's stand-in (default: a RecordingEvents); ``state``: settings put
+    on ``app.state`` (e.g. the fleet stream's pacing).
+    """
     config = CloudConfig.from_pki(
         pki,
         db_path=tmp_path / "cloud.db",
@@ -139,9 +145,11 @@ async def serving(pki: DevPki, tmp_path: Path) -> AsyncIterator[Api]:
         admin_token=ADMIN_TOKEN,
     )
     clock = ManualClock(datetime.now(UTC))
-    events = RecordingEvents()
+    events = RecordingEvents() if events is None else events
     store = await within(Store.open(config.db_path))
     app = create_app(config, store, events, clock=clock)
+    for name, value in state.items():
+        setattr(app.state, name, value)
     ready = asyncio.Event()
     server = asyncio.create_task(serve_api(app, config, ready=ready), name="test-api")
     try:

@@ -2,15 +2,12 @@
 a seeded fleet, and a real webhook receiver."""
 
 import asyncio
-import ssl
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 
-import httpx
-import pytest
 import uvicorn
 from pydantic import SecretStr
 from starlette.applications import Starlette
@@ -19,18 +16,14 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from agent.protocol import calendar, messages
-from agent.protocol.clock import ManualClock
 from agent.protocol.messages import VehicleEvent
 from cloud.alert_delivery import verify_alert
-from cloud.api import create_app, serve_api
-from cloud.config import CloudConfig
 from cloud.handler import IntentRow, VehicleState
 from cloud.pki import DevPki
 from cloud.policy import PolicyRecord
-from cloud.store import Store
 from simulator.broker import free_port
 
-from .conftest import ADMIN_TOKEN, Api, RecordingEvents, within
+from .conftest import Api, RecordingEvents, serving, within
 
 
 @dataclass
@@ -53,39 +46,15 @@ class FleetEvents(RecordingEvents):
         return True
 
 
-@asynccontextmanager
-async def serving_fleet(
+def serving_fleet(
     pki: DevPki, tmp_path: Path, *, events_interval_s: float = 0.2
-) -> AsyncIterator[Api]:
+) -> AbstractAsyncContextManager[Api]:
     """The API over TLS (as tests/cloud_api/conftest.py serves it) with FleetEvents, and
     live streams paced at ``events_interval_s``."""
-    config = CloudConfig.from_pki(
-        pki,
-        db_path=tmp_path / "cloud.db",
-        broker_port=8883,
-        http_port=free_port(),
-        admin_token=ADMIN_TOKEN,
-    )
-    clock = ManualClock(datetime.now(UTC))
-    events = FleetEvents()
-    store = await within(Store.open(config.db_path))
-    app = create_app(config, store, events, clock=clock)
-    app.state.fleet_events_interval_s = events_interval_s
-    app.state.fleet_events_keepalive_s = 1.0
-    ready = asyncio.Event()
-    server = asyncio.create_task(serve_api(app, config, ready=ready), name="test-fleet-api")
-    try:
-        await within(ready.wait())
-        tls = ssl.create_default_context(cafile=pki.ca_cert)
-        async with httpx.AsyncClient(
-            base_url=f"https://localhost:{config.http_port}", verify=tls, timeout=10.0
-        ) as client:
-            yield Api(app, store, clock, events, client, pki, config)  # type: ignore[arg-type]
-    finally:
-        server.cancel()
-        with pytest.raises(asyncio.CancelledError):
-            await within(server)
-        await within(store.close())
+    return serving(
+        pki, tmp_path, FleetEvents(), fleet_events_interval_s=events_interval_s,
+        fleet_events_keepalive_s=1.0,
+    )  # fmt: skip
 
 
 @dataclass

@@ -11,7 +11,6 @@ import contextlib
 import json
 import os
 import re
-import secrets
 import signal
 import ssl
 import subprocess
@@ -27,8 +26,6 @@ import pytest
 
 from agent.protocol import envelope, messages
 from agent.runner import Agent
-from cloud.db import connect
-from cloud.errors import StoreError
 from cloud.fleet_file import import_files
 from cloud.pki import DevPki
 from cloud.store import Store
@@ -37,8 +34,6 @@ from simulator.cars import car_config
 from simulator.fleet import synthetic_policies
 
 from ..cloud.test_worker import Car
-from ..store.conftest import pg_url as pg_server_url
-from ..store.conftest import with_search_path
 from .helpers import FAST, until
 from .test_intents import drained
 
@@ -103,36 +98,16 @@ class WorkerProcess:
                 self.kill()
 
 
-@pytest.fixture(params=["postgres", "sqlite"])
-async def store_target(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Path | str]:
-    """The shared store: a fresh, empty PostgreSQL schema (dropped afterwards) or a SQLite file."""
-    if request.param == "sqlite":
-        yield tmp_path / "cloud.db"
-        return
-    server = pg_server_url()
-    try:
-        admin = await connect(server)
-    except StoreError as exc:
-        pytest.fail(f"PostgreSQL is needed for the multi-worker tests: {exc}", pytrace=False)
-    schema = f"w_{secrets.token_hex(6)}"
-    try:
-        await admin.execute(f"CREATE SCHEMA {schema}")
-        yield with_search_path(server, schema)
-    finally:
-        await admin.execute(f"DROP SCHEMA IF EXISTS {schema} CASCADE")
-        await admin.close()
-
-
 @pytest.fixture
 async def workers(
-    own_pki: DevPki, own_broker: Mosquitto, store_target: Path | str, tmp_path: Path
+    own_pki: DevPki, own_broker: Mosquitto, db_target: Path | str, tmp_path: Path
 ) -> AsyncIterator[list[WorkerProcess]]:
     policies = tmp_path / "policies.json"
     policies.write_text(json.dumps(synthetic_policies(own_pki.vids(), datetime.now(UTC))))
-    async with await Store.open(store_target) as store:
+    async with await Store.open(db_target) as store:
         await import_files(store, own_pki.vehicles_file, policies)
     procs = [
-        WorkerProcess(own_pki, own_broker, str(store_target), n, tmp_path) for n in range(WORKERS)
+        WorkerProcess(own_pki, own_broker, str(db_target), n, tmp_path) for n in range(WORKERS)
     ]
     try:
         await until(lambda: all(p.connected() for p in procs), "3 workers connected", 30.0)
@@ -207,7 +182,7 @@ async def test_a_request_copied_thirty_times_is_answered_once_by_three_workers(
 async def test_a_killed_worker_loses_no_intent_and_records_none_twice(
     own_pki: DevPki,
     own_broker: Mosquitto,
-    store_target: Path | str,
+    db_target: Path | str,
     workers: list[WorkerProcess],
     tmp_path: Path,
 ) -> None:
@@ -238,7 +213,7 @@ async def test_a_killed_worker_loses_no_intent_and_records_none_twice(
             a.stop()
         async with asyncio.timeout(15):
             await asyncio.gather(*tasks)
-    async with await Store.open(store_target) as store:
+    async with await Store.open(db_target) as store:
         rows = await store.intents()
     by_car = Counter(r.vid for r in rows)
     ids = [r.intent_id for r in rows]
