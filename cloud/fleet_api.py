@@ -119,7 +119,7 @@ def add_fleet_routes(app: FastAPI, reg: Registrar) -> None:
 
     async def rows_of(fleet_id: str) -> list[VehicleSummary]:
         now: datetime = reg.clock.now()
-        policies = await reg.store.load_policies()
+        policies = await reg.store.fleet_policies(fleet_id)
         within = reg.config.expiring_within_days
         return [
             summarize(vid, policies.get(vid), seen, revoked is not None, now, within)

@@ -219,6 +219,27 @@ _PUT_SEED: Final = (
 )
 
 
+def _policy_record(row: Sequence[Any]) -> PolicyRecord:
+    vid, code, name, no, start, end, source, verified, override, plate = row[:10]
+    next_code, next_name, next_no, next_end = row[10:]
+    return PolicyRecord(
+        vid=vid,
+        insurer_code=code,
+        insurer_name=name,
+        policy_no_masked=no,
+        coverage_start=date.fromisoformat(start),
+        coverage_end=date.fromisoformat(end),
+        source=source,
+        verified_at=datetime.fromisoformat(verified),
+        override=override,
+        plate_masked=plate,
+        next_insurer_code=next_code,
+        next_insurer_name=next_name,
+        next_policy_no_masked=next_no,
+        next_end=None if next_end is None else date.fromisoformat(next_end),
+    )
+
+
 def _policy_row(r: PolicyRecord) -> tuple[object, ...]:
     return (
         r.vid, r.insurer_code, r.insurer_name, r.policy_no_masked, r.coverage_start.isoformat(),
@@ -491,27 +512,17 @@ class Store:
         # Two fixed statements: the vid is always a bound parameter.
         sql = _SELECT_POLICIES if vid is None else f"{_SELECT_POLICIES} WHERE vid = ?"
         args = () if vid is None else (vid,)
-        out: dict[str, PolicyRecord] = {}
-        for row in await self._db.fetch(sql, args):
-            vid_, code, name, no, start, end, source, verified, override, plate = row[:10]
-            next_code, next_name, next_no, next_end = row[10:]
-            out[vid_] = PolicyRecord(
-                vid=vid_,
-                insurer_code=code,
-                insurer_name=name,
-                policy_no_masked=no,
-                coverage_start=date.fromisoformat(start),
-                coverage_end=date.fromisoformat(end),
-                source=source,
-                verified_at=datetime.fromisoformat(verified),
-                override=override,
-                plate_masked=plate,
-                next_insurer_code=next_code,
-                next_insurer_name=next_name,
-                next_policy_no_masked=next_no,
-                next_end=None if next_end is None else date.fromisoformat(next_end),
-            )
-        return out
+        return {row[0]: _policy_record(row) for row in await self._db.fetch(sql, args)}
+
+    async def fleet_policies(self, fleet_id: str) -> dict[str, PolicyRecord]:
+        """The stored policies of ``fleet_id``'s vehicles, by vid."""
+        columns = ", ".join(f"p.{c}" for c in _POLICY_COLUMNS.split(", "))
+        rows = await self._db.fetch(
+            f"SELECT {columns} FROM policies p JOIN vehicles v ON v.vid = p.vid"  # noqa: S608 - fixed text
+            " WHERE v.fleet_id = ?",
+            (fleet_id,),
+        )
+        return {row[0]: _policy_record(row) for row in rows}
 
     async def put_policy_seed(self, vin: str, r: PolicyRecord, plate: str | None = None) -> None:
         """Hold ``r`` (its vid ignored) for the vehicle that enrolls with ``vin``.

@@ -426,3 +426,13 @@ async def test_each_due_alert_is_claimed_by_one_of_two_stores(store: Store, othe
     # A claimer that died: its alerts are due again once the lease is over.
     again = await within(other.claim_due_alerts(NOW + lease, lease, limit=50))
     assert len(again) == 20 and all(a.attempts == 0 for a in again)
+
+
+async def test_a_fleets_policies_are_its_vehicles_only(store: Store) -> None:
+    assert await _enroll(store, "vfleet001")
+    await _vehicles(store, "vloner001")  # registered outside any fleet
+    for vid in ("vfleet001", "vloner001"):
+        await within(store.put_policy(_policy(vid)))
+    assert await within(store.fleet_policies(FLEET)) == {"vfleet001": _policy("vfleet001")}
+    assert await within(store.fleet_policies("fzzzzzzzzzzzzzzzz")) == {}
+    assert set(await within(store.load_policies())) == {"vfleet001", "vloner001"}
