@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any, Final
 
 import paho.mqtt.client as mqtt
+import pytest
 
 from agent.config import AgentConfig, dumps_toml
 from agent.errors import NotRunningError
@@ -213,6 +214,7 @@ async def _startup_s(toml: Path, log_path: Path) -> float:
             await proc.wait()
 
 
+@pytest.mark.timeout(480)  # 200 spawns of a whole agent: ~2 min here, more on a busy CI host
 async def test_kill_9_at_random_points_never_corrupts_or_goes_back(
     pki: DevPki,
     vid: str,
