@@ -2,6 +2,7 @@
 
 import asyncio
 import base64
+import json
 import time
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import pytest
 
 from agent.protocol import envelope, messages, topics
 from agent.protocol.keys import PrivateKey, kid_for, load_private_key, load_public_key
+from cloud.fleet_file import import_files
 from cloud.link import MqttLink, tls_context
 from cloud.pki import DevPki
 from cloud.store import Store
@@ -154,6 +156,37 @@ async def test_a_replay_is_refused_after_the_worker_restarts(
         car.send(car.request(seq=5))
         error = await car.next_reply("error")
         assert isinstance(error, messages.ErrorReply) and error.code == "replay"
+    finally:
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+
+async def test_a_car_registered_after_the_worker_started_is_served(
+    own_pki: DevPki, own_broker: Mosquitto, tmp_path: Path
+) -> None:
+    """As when another worker's API enrolls it: this worker reads it from the store."""
+    db = tmp_path / "cloud.db"
+    entries = json.loads(own_pki.vehicles_file.read_text())
+    first_two = tmp_path / "first-two.json"
+    first_two.write_text(json.dumps(entries[:2]))
+    async with await Store.open(db) as store:
+        await import_files(store, first_two, None)
+    worker, task = await start_worker(own_pki, own_broker, db, seed=False)
+    newcomer = entries[2]["vid"]
+    try:
+        assert newcomer not in worker.handler.vehicles  # type: ignore[union-attr]
+        async with await Store.open(db) as store:  # another process registers it
+            await import_files(store, own_pki.vehicles_file, None)
+        car = Car(own_pki, newcomer)
+        await car.link.connect(own_broker.host, own_broker.port)
+        try:
+            car.send(car.request(seq=1))
+            reply = await car.next_reply("policy")
+            assert isinstance(reply, messages.PolicyState) and reply.reply_to == 1
+            assert reply.status == "unknown"  # registered, no policy yet
+        finally:
+            await car.link.close()
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
