@@ -12,6 +12,7 @@ connection with a lock per Store, whose busy timeout (5 s) bounds waits between 
 on PostgreSQL a small pool. The schema is written once, in SQLite's terms, and translated.
 """
 
+import asyncio
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -161,13 +162,16 @@ _ADDED_COLUMNS: Final = {
 
 _CAS_COUNTERS: Final = (
     "INSERT INTO counters (vid, last_seq, down_seq, version, content_key, last_seen, writer)"
-    " VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (vid) DO UPDATE SET"
+    " SELECT ?, ?, ?, ?, ?, ?, ? WHERE (? = 0 AND ? = 0)"
+    " OR EXISTS (SELECT 1 FROM counters WHERE vid = ?) ON CONFLICT (vid) DO UPDATE SET"
     " last_seq = excluded.last_seq, down_seq = excluded.down_seq, version = excluded.version,"
     " content_key = excluded.content_key, last_seen = excluded.last_seen,"
     " writer = excluded.writer"
     " WHERE counters.last_seq = ? AND counters.down_seq = ?"
 )
-"""A compare-and-set of one vehicle's counters: lands only on the base the row names."""
+"""A compare-and-set of one vehicle's counters: lands only on the base the row names (a
+first row only on the base (0, 0): a write that builds on one not stored yet must not
+become the first)."""
 _PG_CAS_COUNTERS: Final = (
     "WITH u AS (SELECT * FROM unnest(?::text[], ?::bigint[], ?::bigint[], ?::bigint[],"
     " ?::text[], ?::text[], ?::bigint[], ?::bigint[]) AS u(vid, last_seq, down_seq, version,"
@@ -179,7 +183,8 @@ _PG_CAS_COUNTERS: Final = (
     " inserted AS (INSERT INTO counters"
     " (vid, last_seq, down_seq, version, content_key, last_seen, writer)"
     " SELECT u.vid, u.last_seq, u.down_seq, u.version, u.content_key, u.last_seen, ? FROM u"
-    " WHERE NOT EXISTS (SELECT 1 FROM counters c WHERE c.vid = u.vid)"
+    " WHERE u.base_last = 0 AND u.base_down = 0"
+    " AND NOT EXISTS (SELECT 1 FROM counters c WHERE c.vid = u.vid)"
     " ON CONFLICT (vid) DO NOTHING RETURNING vid)"
     " SELECT vid FROM updated UNION ALL SELECT vid FROM inserted"
 )
@@ -330,6 +335,9 @@ class Store:
         self._db = db
         self._writer = secrets.token_hex(8)
         """Stamped on the counters this store writes: tells its own writes from others'."""
+        self._save_order = asyncio.Lock()
+        """PostgreSQL: counter saves one after another, in call order. On pooled
+        connections a later batch (built on the one before) could otherwise land first."""
 
     @classmethod
     async def open(cls, target: Path | str) -> "Store":
@@ -398,12 +406,14 @@ class Store:
         rows = list(rows)
         intents = list(intents)
         if self._db.dialect == "postgres":
-            return await self._save_counters_pg(rows, intents)
+            async with self._save_order:
+                return await self._save_counters_pg(rows, intents)
         async with self._db.group_commit() as tx:
             conflicts: frozenset[str] = frozenset()
             if rows:
                 changed = await tx.executemany(
-                    _CAS_COUNTERS, [(*r[:6], self._writer, *r[6:]) for r in rows]
+                    _CAS_COUNTERS,
+                    [(*r[:6], self._writer, *r[6:], r[0], *r[6:]) for r in rows],
                 )
                 if changed != len(rows):
                     conflicts = await self._lost_writes(tx, rows)

@@ -273,6 +273,25 @@ async def test_counters_are_written_by_compare_and_set(store: Store, other: Stor
     assert await within(other.reload_vehicles([])) == {}
 
 
+async def test_a_write_built_on_an_unstored_one_never_becomes_the_first(store: Store) -> None:
+    """A worker's second batch, built on a first not yet stored (pipelined commits on
+    pooled connections can land out of order), must not land as the vehicle's first row:
+    the first would then be refused, and its replies dropped though a later one landed."""
+    await _vehicles(store, "vcasfirst")
+    car = VehicleState(kid="k", key=_key(), last_seq=1000, down_seq=1)
+    first = car.row("vcasfirst")
+    car.down_seq = 10
+    second = car.row("vcasfirst")
+    assert first[6:] == (0, 0) and second[6:] == (1000, 1)
+    assert (await within(store.save_counters([second]))).conflicts == {"vcasfirst"}
+    nothing = (await within(store.reload_vehicles(["vcasfirst"])))["vcasfirst"]
+    assert (nothing.last_seq, nothing.down_seq) == (0, 0)
+    assert (await within(store.save_counters([first]))).conflicts == frozenset()
+    assert (await within(store.save_counters([second]))).conflicts == frozenset()
+    got = (await within(store.reload_vehicles(["vcasfirst"])))["vcasfirst"]
+    assert (got.last_seq, got.down_seq) == (1000, 10)
+
+
 async def test_concurrent_saves_of_one_store_all_land(store: Store) -> None:
     vids = [f"vmany{k:04}" for k in range(40)]
     await _vehicles(store, *vids)
