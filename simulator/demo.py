@@ -220,8 +220,8 @@ class Dashboard:
         shown = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
         return (
             f"\nFleet dashboard, live (counts, expiry timeline, vehicles, alerts): {total} "
-            f"vehicles ({shown}). Your browser will not know the dev CA ({self.ca_file}):\n"
-            f"accept its warning.\n  {self.link}"
+            f"vehicles ({shown}).\n  {self.link}\n"
+            f"  (your browser does not know the dev CA, {self.ca_file}: accept its warning)"
         )
 
 
