@@ -17,6 +17,7 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from types import TracebackType
 from typing import Final, Protocol, Self
@@ -37,6 +38,15 @@ CLAIM_LEASE: Final = timedelta(seconds=120)
 recorded well within it, unless the worker died, when another takes it over."""
 CONCURRENCY: Final = 8
 SIGNATURE_PREFIX: Final = "sha256="
+
+
+@dataclass(frozen=True, slots=True)
+class StoredWebhook:
+    """A fleet's webhook as its operator set it through the API."""
+
+    fleet_id: str
+    url: str
+    secret: SecretStr
 
 
 class Webhook(Protocol):
@@ -113,20 +123,31 @@ class AlertSender:
         await self.aclose()
 
     async def deliver_due(self, store: Store, now: datetime, limit: int = 50) -> int:
-        """Attempt every alert due at ``now`` (at most ``limit``); how many were delivered."""
+        """Attempt every alert due at ``now`` (at most ``limit``); how many were delivered.
+
+        A fleet's webhook set through the API (``Store.fleet_webhooks``) takes precedence
+        over one from the config.
+        """
         due = await store.claim_due_alerts(now, CLAIM_LEASE, limit)
+        if not due:
+            return 0
+        hooks: dict[str, Webhook] = dict(self.hooks)
+        for fleet_id, (url, secret) in (await store.fleet_webhooks()).items():
+            hooks[fleet_id] = StoredWebhook(fleet_id, url, SecretStr(secret))
         gate = asyncio.Semaphore(CONCURRENCY)
 
         async def one(a: AlertRow) -> bool:
             async with gate:
-                return await self.attempt(store, a, now)
+                return await self.attempt(store, a, now, hooks.get(a.fleet_id))
 
         results = await asyncio.gather(*(one(a) for a in due))
         return sum(results)
 
-    async def attempt(self, store: Store, a: AlertRow, now: datetime) -> bool:
+    async def attempt(
+        self, store: Store, a: AlertRow, now: datetime, hook: Webhook | None = None
+    ) -> bool:
         """POST ``a`` once and record the outcome; True if delivered."""
-        hook = self.hooks.get(a.fleet_id)
+        hook = hook or self.hooks.get(a.fleet_id)
         if hook is None:
             # No webhook for this fleet: the alert stays on the API and the dashboard only.
             await store.alert_attempted(

@@ -3,7 +3,8 @@
 Every route is scoped to one fleet: its operator token (or the admin's) opens it; another
 fleet's token gets 403, a vehicle of another fleet 404 (never a hint that it exists).
 Operator actions (refresh, bulk renewal) go to the worker through ``reg.events``; a bulk
-renewal is idempotent by its ``Idempotency-Key``. ``GET /fleet`` serves the dashboard.
+renewal is idempotent by its ``Idempotency-Key``. ``/webhook`` sets where the fleet's
+alerts are posted (docs/alerts.md). ``GET /fleet`` serves the dashboard.
 """
 
 import asyncio
@@ -12,9 +13,10 @@ import logging
 import re
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal
+from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Header, Query, Request
-from fastapi.responses import HTMLResponse, PlainTextResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 from agent.protocol import calendar, messages
@@ -45,6 +47,33 @@ class RenewalsRequest(BaseModel):
     vids: list[Annotated[str, StringConstraints(max_length=64)]] = Field(
         min_length=1, max_length=500
     )
+
+
+class WebhookRequest(BaseModel):
+    """``PUT /v1/fleets/{id}/webhook``: where the fleet's alerts go, and the signing secret."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: Annotated[str, StringConstraints(max_length=512)]
+    secret: Annotated[str, StringConstraints(min_length=16, max_length=128)]
+
+
+LOOPBACK: Final = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+def webhook_url_problem(url: str) -> str | None:
+    """Why ``url`` cannot take a fleet's alerts (None: it can): https, or http on loopback."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises on a bad port
+    except ValueError:
+        return "not a URL"
+    if parts.scheme not in ("https", "http") or not parts.hostname:
+        return "an http(s) URL with a host is needed"
+    if parts.username is not None or parts.password is not None:
+        return "no credentials in the URL: the secret signs every delivery"
+    if parts.scheme == "http" and parts.hostname not in LOOPBACK:
+        return "https is needed (plain http only to this host, for testing)"
+    return None
 
 
 def _bearer(request: Request) -> str | None:
@@ -285,6 +314,32 @@ def add_fleet_routes(app: FastAPI, reg: Registrar) -> None:
             media_type="text/event-stream",
             headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
         )
+
+    @app.put("/v1/fleets/{fleet_id}/webhook")
+    async def set_webhook(request: Request, fleet_id: str, req: WebhookRequest) -> dict[str, str]:
+        await authorized(request, fleet_id)
+        problem = webhook_url_problem(req.url)
+        if problem is not None:
+            raise Refused(422, "bad_webhook_url", problem)
+        await reg.store.set_fleet_webhook(fleet_id, req.url, req.secret, reg.clock.now())
+        reg.counters["fleet_webhook_set"] += 1
+        return {"fleet_id": fleet_id, "url": req.url}
+
+    @app.get("/v1/fleets/{fleet_id}/webhook")
+    async def get_webhook(request: Request, fleet_id: str) -> dict[str, str]:
+        await authorized(request, fleet_id)
+        hook = (await reg.store.fleet_webhooks()).get(fleet_id)
+        if hook is None:
+            raise Refused(404, "webhook_unset", "no webhook set for this fleet")
+        return {"fleet_id": fleet_id, "url": hook[0]}  # never the secret
+
+    @app.delete("/v1/fleets/{fleet_id}/webhook", status_code=204)
+    async def delete_webhook(request: Request, fleet_id: str) -> Response:
+        await authorized(request, fleet_id)
+        if not await reg.store.delete_fleet_webhook(fleet_id):
+            raise Refused(404, "webhook_unset", "no webhook set for this fleet")
+        reg.counters["fleet_webhook_deleted"] += 1
+        return Response(status_code=204)
 
     @app.get("/fleet", include_in_schema=False)
     async def dashboard() -> HTMLResponse:

@@ -134,6 +134,12 @@ CREATE TABLE IF NOT EXISTS alerts (
     gave_up INTEGER NOT NULL DEFAULT 0
 ) STRICT;
 CREATE INDEX IF NOT EXISTS alerts_by_fleet ON alerts(fleet_id, raised_at);
+CREATE TABLE IF NOT EXISTS fleet_webhooks (
+    fleet_id TEXT PRIMARY KEY REFERENCES fleets(fleet_id),
+    url TEXT NOT NULL,
+    secret TEXT NOT NULL,
+    updated_at TEXT NOT NULL
+) STRICT;
 """
 # Serials are decimal TEXT: they run to 159 bits, past SQLite's 64-bit INTEGER.
 
@@ -844,6 +850,25 @@ class Store:
         """How many vehicles are registered, revoked ones included."""
         rows = await self._rows("SELECT count(*) FROM vehicles", ())
         return int(rows[0][0])
+
+    async def set_fleet_webhook(self, fleet_id: str, url: str, secret: str, now: datetime) -> None:
+        """Post ``fleet_id``'s alerts to ``url``, signed with ``secret`` (replaces any)."""
+        await self._db.execute(
+            "INSERT INTO fleet_webhooks (fleet_id, url, secret, updated_at) VALUES (?, ?, ?, ?)"
+            " ON CONFLICT (fleet_id) DO UPDATE SET url = excluded.url,"
+            " secret = excluded.secret, updated_at = excluded.updated_at",
+            (fleet_id, url, secret, _ts(now)),
+        )
+
+    async def delete_fleet_webhook(self, fleet_id: str) -> bool:
+        """Stop posting ``fleet_id``'s alerts; False if it had no webhook."""
+        n = await self._db.execute("DELETE FROM fleet_webhooks WHERE fleet_id = ?", (fleet_id,))
+        return n > 0
+
+    async def fleet_webhooks(self) -> dict[str, tuple[str, str]]:
+        """Every fleet's webhook set through the API: fleet id → (url, secret)."""
+        rows = await self._db.fetch("SELECT fleet_id, url, secret FROM fleet_webhooks", ())
+        return {r[0]: (r[1], r[2]) for r in rows}
 
     async def fleet_ids(self) -> list[str]:
         """Every fleet's id, sorted."""

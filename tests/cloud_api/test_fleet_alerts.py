@@ -180,3 +180,43 @@ async def test_run_ticks_on_its_interval_and_closes_its_client_when_cancelled(ap
     assert sender.client.is_closed
     assert m.counters["alerts_raised"] == 4  # A's two and B's two, raised once
     assert len(await api.store.fleet_alerts(s.fleet_id)) == 2
+
+
+async def test_an_operator_sets_the_fleets_webhook_through_the_api(api: Api) -> None:
+    s = await seed_three(api)
+    path = f"/v1/fleets/{s.fleet_id}/webhook"
+    mine = api.auth(s.token)
+    unset = await api.client.get(path, headers=mine)
+    assert (unset.status_code, unset.json()["error"]["code"]) == (404, "webhook_unset")
+    refusals = [
+        ("http://ops.example.com/h", "https is needed"),
+        ("https://user:pw@ops.example.com/h", "no credentials"),
+        ("ftp://ops.example.com/h", "http(s) URL"),
+        ("https://", "http(s) URL"),
+    ]
+    for url, why in refusals:
+        bad = await api.client.put(path, headers=mine, json={"url": url, "secret": SECRET})
+        assert (bad.status_code, bad.json()["error"]["code"]) == (422, "bad_webhook_url"), url
+        assert why in bad.json()["error"]["message"]
+    short = await api.client.put(
+        path, headers=mine, json={"url": "https://ops.example.com/h", "secret": "short"}
+    )
+    assert short.status_code == 422
+    theirs = await api.client.put(
+        path, headers=api.auth(s.other_token), json={"url": "https://x.example/h", "secret": SECRET}
+    )
+    assert (theirs.status_code, theirs.json()["error"]["code"]) == (403, "forbidden")
+    async with receiving(SECRET) as rx, quiet_sender() as sender:  # no webhook in the config
+        put = await api.client.put(path, headers=mine, json={"url": rx.url, "secret": SECRET})
+        assert put.status_code == 200 and put.json() == {"fleet_id": s.fleet_id, "url": rx.url}
+        shown = await api.client.get(path, headers=mine)
+        assert shown.json() == {"fleet_id": s.fleet_id, "url": rx.url}
+        assert SECRET not in shown.text
+        m = monitor(api, sender)
+        await within(m.tick())
+        assert len(rx.unique()) == 3 and rx.refused == 0  # signed with the secret set
+        assert m.counters["alerts_delivered"] == 3 and m.counters["alerts_no_webhook"] == 2
+    gone = await api.client.delete(path, headers=mine)
+    assert gone.status_code == 204
+    again = await api.client.delete(path, headers=mine)
+    assert (again.status_code, again.json()["error"]["code"]) == (404, "webhook_unset")

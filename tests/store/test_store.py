@@ -455,3 +455,15 @@ async def test_a_fleets_policies_are_its_vehicles_only(store: Store) -> None:
     assert await within(store.fleet_policies(FLEET)) == {"vfleet001": _policy("vfleet001")}
     assert await within(store.fleet_policies("fzzzzzzzzzzzzzzzz")) == {}
     assert set(await within(store.load_policies())) == {"vfleet001", "vloner001"}
+
+
+async def test_a_fleets_webhook_is_set_replaced_and_removed(store: Store) -> None:
+    assert await within(store.fleet_webhooks()) == {}
+    await within(store.set_fleet_webhook(FLEET, "https://a.example/h", "s" * 16, NOW))
+    await within(store.set_fleet_webhook(FLEET, "https://b.example/h", "t" * 16, NOW))
+    assert await within(store.fleet_webhooks()) == {FLEET: ("https://b.example/h", "t" * 16)}
+    assert await within(store.delete_fleet_webhook(FLEET)) is True
+    assert await within(store.delete_fleet_webhook(FLEET)) is False
+    assert await within(store.fleet_webhooks()) == {}
+    with pytest.raises(StoreError):  # only a fleet that exists
+        await within(store.set_fleet_webhook("fzzzzzzzzzzzzzzzz", "https://c/h", "u" * 16, NOW))
