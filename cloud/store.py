@@ -915,9 +915,7 @@ class Store:
     async def due_alerts(self, now: datetime, limit: int = 50) -> list[AlertRow]:
         """Alerts whose webhook delivery is due: not delivered, not given up; oldest first."""
         rows = await self._rows(
-            f"SELECT {_ALERT_COLUMNS} FROM alerts"  # noqa: S608 - fixed text
-            " WHERE delivered_at IS NULL AND gave_up = 0"
-            " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
+            f"SELECT {_ALERT_COLUMNS} FROM alerts WHERE {_DUE}"  # noqa: S608 - fixed text
             " ORDER BY raised_at, alert_id LIMIT ?",
             (_ts(now), limit),
         )
@@ -932,14 +930,10 @@ class Store:
         its attempt is recorded, or its claimer died and another may try). Several workers
         share the store; each due alert is posted by one of them at a time.
         """
-        due = (
-            "delivered_at IS NULL AND gave_up = 0"
-            " AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
-        )
         rows = await self._db.fetch(
             f"UPDATE alerts SET next_attempt_at = ? WHERE alert_id IN"  # noqa: S608 - fixed text
-            f" (SELECT alert_id FROM alerts WHERE {due} ORDER BY raised_at, alert_id LIMIT ?)"
-            f" AND {due} RETURNING {_ALERT_COLUMNS}",
+            f" (SELECT alert_id FROM alerts WHERE {_DUE} ORDER BY raised_at, alert_id LIMIT ?)"
+            f" AND {_DUE} RETURNING {_ALERT_COLUMNS}",
             (_ts(now + lease), _ts(now), limit, _ts(now)),
         )
         return sorted((_alert(r) for r in rows), key=lambda a: (a.raised_at, a.alert_id))
@@ -965,6 +959,10 @@ class Store:
         )  # fmt: skip
 
 
+_DUE: Final = (
+    "delivered_at IS NULL AND gave_up = 0 AND (next_attempt_at IS NULL OR next_attempt_at <= ?)"
+)
+"""An alert whose webhook delivery is due at the instant bound to ``?``."""
 _ALERT_COLUMNS: Final = (
     "alert_id, fleet_id, vid, kind, raised_at, detail, attempts, delivered_at, next_attempt_at,"
     " gave_up"

@@ -327,11 +327,11 @@ class Worker:
             return
         stored = await store.reload_vehicles(wanted)
         for vid in wanted:
-            if await self._adopt(vid, stored.get(vid), vid in force):
+            if self._adopt(vid, stored.get(vid), vid in force):
                 record = (await store.load_policies(vid)).get(vid)
                 handler.set_policy(vid, record)
 
-    async def _adopt(self, vid: str, sv: StoredVehicle | None, force: bool) -> bool:
+    def _adopt(self, vid: str, sv: StoredVehicle | None, force: bool) -> bool:
         """Adopt the stored ``sv`` for ``vid``; True if its policy must be read again."""
         handler = self.handler
         assert handler is not None
@@ -510,8 +510,9 @@ class Worker:
             try:
                 result = await store.save_counters(rows, intents)
                 new = result.new_intents
+                offered = sum(1 for i in intents if i.vid not in result.conflicts)
                 self.counters["intents.new"] += new
-                self.counters["intents.repeated"] += len(intents) - new
+                self.counters["intents.repeated"] += offered - new
                 if any(i.type == "renewal.request" for i in intents):
                     self._renewal_wake.set()
                 if result.conflicts:
