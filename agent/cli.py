@@ -9,10 +9,12 @@ import argparse
 import asyncio
 import json
 import logging
+import math
 import signal
 import sys
 from collections.abc import Sequence
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Final
 
@@ -34,12 +36,21 @@ EXIT_OK: Final = 0
 EXIT_UNVERIFIED: Final = 1
 EXIT_USAGE: Final = 2
 STORE_TIMEOUT_S: Final = 30.0
+# Trusted time is judged in China time and by whole days; an instant this close to the
+# edge of what datetime holds would overflow there, so none such is ever judged.
+_EDGE: Final = timedelta(days=2)
+_FIRST: Final = datetime.min.replace(tzinfo=UTC) + _EDGE
+_LAST: Final = datetime.max.replace(tzinfo=UTC) - _EDGE
 
 
 def _aware(text: str) -> datetime:
-    value = datetime.fromisoformat(text)
-    if value.tzinfo is None:
-        raise ValueError("needs a UTC offset, e.g. 2025-06-01T12:00:00+08:00")
+    # ArgumentTypeError, not ValueError: argparse prints its message instead of hiding it.
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an ISO 8601 instant: {text!r}") from None
+    if value.utcoffset() is None:
+        raise argparse.ArgumentTypeError("needs a UTC offset, e.g. 2025-06-01T12:00:00+08:00")
     return value
 
 
@@ -139,17 +150,46 @@ def _add_enroll(sub: "argparse._SubParsersAction[argparse.ArgumentParser]") -> N
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _TimeRows:
+    """The persisted floor and saved anchor; ``fault`` says why a row was left out."""
+
+    floor: datetime | None = None
+    anchor: tuple[str, Anchor] | None = None
+    fault: str | None = None
+
+
 async def _stored(
     db: Path, keys: dict[str, PublicKey], vid: str | None
-) -> tuple[PolicyState | str, datetime | None, tuple[str, Anchor] | None, int]:
-    """The stored state (or why none can be shown), trusted-time floor and anchor, and
-    how many intents still wait for the cloud's receipt."""
+) -> tuple[PolicyState | str, _TimeRows, int]:
+    """The stored state (or why none can be shown), the trusted-time rows, and how many
+    intents still wait for the cloud's receipt."""
     async with asyncio.timeout(STORE_TIMEOUT_S), Store(db) as store:
-        record = await store.policy()
-        floor = await store.trusted_floor()
-        anchor = await store.anchor()
+        try:
+            record = await store.policy()
+        except (ValueError, OverflowError) as exc:
+            # The unsigned dates kept beside the envelope do not parse: a damaged row.
+            found: PolicyState | str = f"stored record is unreadable ({exc})"
+        else:
+            found = _stored_state(record, keys, vid)
+        rows = await _time_rows(store)
         pending, _ = await store.outbox_counts()
-    return _stored_state(record, keys, vid), floor, anchor, pending
+    return found, rows, pending
+
+
+async def _time_rows(store: Store) -> _TimeRows:
+    """The time rows as the store parses them; one it cannot parse is a fault, not a raise."""
+    # A corrupt floor also drops the anchor: the floor is what voids an anchor's upper
+    # bound after missed time, so an anchor checked against no floor could claim too much.
+    try:
+        floor = await store.trusted_floor()
+    except (ValueError, OverflowError) as exc:
+        return _TimeRows(fault=f"the stored floor is unreadable ({exc})")
+    try:
+        anchor = await store.anchor()
+    except (ValueError, OverflowError) as exc:
+        return _TimeRows(floor, fault=f"the saved anchor is unreadable ({exc})")
+    return _TimeRows(floor, anchor)
 
 
 def _stored_state(
@@ -173,27 +213,94 @@ def _stored_state(
 
 def _trusted(
     given: datetime | None,
-    floor: datetime | None,
     found: PolicyState | str,
-    anchor: tuple[str, Anchor] | None = None,
-    boot_id: str | None = None,
-    mono: float = 0.0,
-) -> TrustedNow | None:
-    """``--now`` as given; else the agent's anchor if saved in this very boot; else the floor.
+    rows: _TimeRows,
+    boot_id: str | None,
+    mono: float,
+) -> tuple[TrustedNow | None, str | None]:
+    """Trusted time, and why part of it had to be left out (None when nothing was); never raises.
 
+    ``--now`` as given; else the agent's anchor if saved in this very boot; else the floor.
     Monotonic readings compare only within one boot, so an anchor saved under another
-    boot id is ignored and only the floor (confidence "carried") is left.
+    boot id is ignored (no fault: that is every reboot) and only the floor (confidence
+    "carried") is left.
     """
     if given is not None:
-        return TrustedNow.given(given)
+        now = TrustedNow.given(given)
+        return now, _outside("--now", now)
+    floors = (rows.floor, found.issued_at if isinstance(found, PolicyState) else None)
+    fault, anchor = rows.fault, rows.anchor
+    if fault is None and anchor is not None and anchor[0] == boot_id:
+        anchored = _anchored(anchor[1], floors, mono)
+        if isinstance(anchored, TrustedNow):
+            return anchored, None
+        fault = anchored
+    # An anchor that fails any check is dropped whole, issued_at included: the row is the
+    # agent's own unsigned bookkeeping, and once part of it is wrong none of it is
+    # evidence. The floor needs no monotonic reading and only ever lowers what may be
+    # shown (carried time never proves a record fresh), so falling back on it is safe.
     clock = TrustedClock()
-    if anchor is not None and boot_id is not None and anchor[0] == boot_id:
-        held = anchor[1]
-        clock.anchor(held.issued_at, held.sent, held.received)
-    for at in (floor, found.issued_at if isinstance(found, PolicyState) else None):
+    for at in floors:
         if at is not None:
             clock.raise_floor(at)
-    return clock.now(mono)
+    carried = clock.now(mono)
+    return carried, fault or _outside("the trusted floor", carried)
+
+
+def _anchored(held: Anchor, floors: tuple[datetime | None, ...], mono: float) -> TrustedNow | str:
+    """Fresh trusted time from an anchor saved in this boot, or why it cannot be used."""
+    if not all(math.isfinite(x) for x in (held.sent, held.received, mono)):
+        return (
+            f"the saved anchor or the monotonic clock is not a finite reading (sent "
+            f"{held.sent}, received {held.received}, monotonic {mono}); anchor ignored"
+        )
+    if mono < held.received:
+        # Same boot id yet an earlier reading: the clock restarted under an unchanged
+        # boot id, or the row is not what the agent wrote.
+        return (
+            f"the monotonic clock reads before the saved anchor ({mono} < {held.received}); "
+            "anchor ignored"
+        )
+    clock = TrustedClock()
+    try:
+        clock.anchor(held.issued_at, held.sent, held.received)
+        for at in floors:
+            if at is not None:
+                clock.raise_floor(at)
+        now = clock.now(mono)
+    except (ValueError, OverflowError) as exc:
+        return f"the saved anchor cannot be used ({exc}); anchor ignored"
+    if now is None or now.latest is None:
+        return (
+            "the trusted floor is past the saved anchor's upper bound (the monotonic clock "
+            "missed time); anchor ignored"
+        )
+    return _outside("the saved anchor", now) or now
+
+
+def _outside(source: str, now: TrustedNow | None) -> str | None:
+    """Why ``now`` (from ``source``) cannot be judged in, or None when it can."""
+    if now is None:
+        return None
+    for at in (now.earliest, now.latest):
+        if at is None:
+            continue
+        if at.utcoffset() is None:
+            return f"{source} {at.isoformat()} has no UTC offset"
+        if not _FIRST <= at <= _LAST:
+            return f"{source} gives {at.isoformat()}, outside the range time can be judged in"
+    return None
+
+
+def _judged(
+    found: PolicyState | str, trusted: TrustedNow | None, fault: str | None
+) -> display.StatusView | display.Unverified:
+    """What ``status`` shows; a trusted-time fault always makes it unverified."""
+    if isinstance(found, str):
+        return display.view(None, trusted, missing=found)
+    if fault is not None:
+        return display.Unverified(f"trusted time unavailable: {fault}", trusted)
+    return display.view(found, trusted)
 
 
 def _status(args: argparse.Namespace) -> int:
@@ -207,19 +314,16 @@ def _status(args: argparse.Namespace) -> int:
         keys = load_trusted_keys(pinned, config.keyset_file, config.root_key, now)
         args.db = args.db or config.db_path
         args.vid = args.vid or config.vid
-    floor, anchor, pending = None, None, 0
+    rows, pending = _TimeRows(), 0
     if not args.db.is_file():
         found: PolicyState | str = f"no store at {args.db}"
     else:
         try:
-            found, floor, anchor, pending = asyncio.run(_stored(args.db, keys, args.vid))
+            found, rows, pending = asyncio.run(_stored(args.db, keys, args.vid))
         except (StoreError, TimeoutError) as exc:
             found = f"store unreadable: {exc or 'timed out'}"
-    trusted = _trusted(args.now, floor, found, anchor, current_boot_id(), SystemClock().monotonic())
-    if isinstance(found, str):
-        shown = display.view(None, trusted, missing=found)
-    else:
-        shown = display.view(found, trusted)
+    trusted, fault = _trusted(args.now, found, rows, current_boot_id(), SystemClock().monotonic())
+    shown = _judged(found, trusted, fault)
     if args.json:
         print(json.dumps({**display.as_json(shown), "intents_pending": pending}))
     else:

@@ -4,19 +4,23 @@ import asyncio
 import base64
 import json
 import sqlite3
+from collections.abc import Callable
 from contextlib import closing
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from agent.boot import current_boot_id
 from agent.cli import main
 from agent.protocol import messages, topics
+from agent.protocol.clock import SystemClock
 from agent.protocol.envelope import Signer
 from agent.protocol.keys import PrivateKey, b64url, generate_private_key, public_pem
 from agent.protocol.messages import PolicyState
 from agent.store import Store
+from agent.trusted_time import Anchor
 
 VID = "vaaaaaaaaaaaaaaa1"
 TOPIC = topics.down(VID, "policy")
@@ -230,6 +234,293 @@ def test_no_store_no_time(tmp_path: Path, cloud_pub: Path, capsys: Any) -> None:
     assert capsys.readouterr().out.splitlines()[2] == (
         "trusted time: none (no cloud-signed time yet)"
     )
+
+
+ISSUED = datetime(2025, 6, 1, 4, 0, tzinfo=UTC)
+"""The stored record's issued_at (``make_state``'s default); fresh until a week later."""
+Setup = Callable[[Path, str], None]
+"""Writes time rows into the store at the path, given this boot's id."""
+
+
+@pytest.fixture
+def this_boot(monkeypatch: pytest.MonkeyPatch) -> str:
+    """This boot's id, as ``status`` reads it (the machine's own, or a fixed one where the
+    system does not tell it: the anchor tests never depend on the host)."""
+    boot = current_boot_id() or "test-boot-0000000000000000"
+    monkeypatch.setattr("agent.cli.current_boot_id", lambda: boot)
+    return boot
+
+
+@pytest.fixture
+def monotonic(monkeypatch: pytest.MonkeyPatch) -> Callable[[float], None]:
+    """Set the monotonic reading ``status`` takes: a fault injection, the real one never
+    moves back."""
+
+    def set_reading(value: float) -> None:
+        monkeypatch.setattr(SystemClock, "monotonic", lambda self: value)
+
+    return set_reading
+
+
+def anchored(sent: float, received: float, issued_at: datetime = ISSUED) -> Setup:
+    """Save an anchor under this boot's id, through the store."""
+
+    def setup(db: Path, boot: str) -> None:
+        async def write() -> None:
+            async with asyncio.timeout(5), Store(db) as store:
+                await store.save_anchor(boot, Anchor(issued_at, sent, received))
+
+        asyncio.run(write())
+
+    return setup
+
+
+def floored(at: str) -> Setup:
+    """Raise the persisted floor, through the store."""
+    return lambda db, _boot: raise_floor(db, at)
+
+
+def corrupted(sql: str) -> Setup:
+    """Write a time row the store's API would never write (by hand: the fault itself)."""
+
+    def setup(db: Path, _boot: str) -> None:
+        with closing(sqlite3.connect(db)) as conn:
+            conn.execute(sql)
+            conn.commit()
+
+    return setup
+
+
+def test_anchor_of_this_boot_gives_fresh_time(
+    db: Path, cloud_pub: Path, this_boot: str, monotonic: Callable[[float], None], capsys: Any
+) -> None:
+    anchored(100.0, 100.5)(db, this_boot)
+    monotonic(160.0)
+    assert main(["status", "--db", str(db), "--cloud-key", str(cloud_pub)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "status: covered"
+    assert lines[-1] == "trusted time: fresh, 2025-06-01T04:00:59.750025+00:00 (±0.3 s)"
+
+
+def test_anchor_of_another_boot_leaves_the_floor(
+    db: Path, cloud_pub: Path, monotonic: Callable[[float], None], capsys: Any
+) -> None:
+    anchored(100.0, 100.5)(db, "another-boot")
+    monotonic(160.0)
+    assert main(["status", "--db", str(db), "--cloud-key", str(cloud_pub)]) == 1
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "status unverified"
+    assert "carried from an earlier boot" in lines[1]
+
+
+ANCHOR_IGNORED = "trusted time: carried, at least 2025-06-01T04:00:00+00:00"
+
+
+@pytest.mark.parametrize(
+    ("setups", "mono", "extra", "reason", "time"),
+    [
+        pytest.param(
+            [anchored(100.0, 100.5)],
+            100.2,
+            [],
+            "trusted time unavailable: the monotonic clock reads before the saved anchor "
+            "(100.2 < 100.5); anchor ignored",
+            ANCHOR_IGNORED,
+            id="monotonic-before-anchor",
+        ),
+        pytest.param(
+            [anchored(5000.0, 5000.5)],
+            3.0,
+            [],
+            "trusted time unavailable: the monotonic clock reads before the saved anchor "
+            "(3.0 < 5000.5); anchor ignored",
+            ANCHOR_IGNORED,
+            id="monotonic-restarted-same-boot-id",
+        ),
+        pytest.param(
+            [anchored(200.0, 100.0)],
+            300.0,
+            [],
+            "trusted time unavailable: the saved anchor cannot be used "
+            "(received 100.0 before sent 200.0); anchor ignored",
+            ANCHOR_IGNORED,
+            id="anchor-sent-after-received",
+        ),
+        pytest.param(
+            [anchored(float("-inf"), 100.0)],
+            300.0,
+            [],
+            "trusted time unavailable: the saved anchor or the monotonic clock is not a "
+            "finite reading (sent -inf, received 100.0, monotonic 300.0); anchor ignored",
+            ANCHOR_IGNORED,
+            id="anchor-infinite-reading",
+        ),
+        pytest.param(
+            [anchored(-1e300, -1e300)],
+            300.0,
+            [],
+            "trusted time unavailable: the saved anchor cannot be used (",
+            ANCHOR_IGNORED,
+            id="anchor-readings-overflow",
+        ),
+        pytest.param(
+            [anchored(100.0, 100.5, datetime(9999, 12, 31, tzinfo=UTC))],
+            160.0,
+            [],
+            "trusted time unavailable: the saved anchor gives 9999-12-31T00:00:59.494050+00:00, "
+            "outside the range time can be judged in",
+            ANCHOR_IGNORED,
+            id="anchor-at-the-end-of-time",
+        ),
+        pytest.param(
+            [floored("2025-06-01T05:00:00+00:00"), anchored(100.0, 100.5)],
+            160.0,
+            [],
+            "trusted time unavailable: the trusted floor is past the saved anchor's upper "
+            "bound (the monotonic clock missed time); anchor ignored",
+            "trusted time: carried, at least 2025-06-01T05:00:00+00:00",
+            id="floor-past-anchor",
+        ),
+        pytest.param(
+            [floored("3000-01-01T00:00:00+00:00")],
+            160.0,
+            [],
+            "record is past fresh_until 2025-06-08T04:00:00+00:00",
+            "trusted time: carried, at least 3000-01-01T00:00:00+00:00",
+            id="floor-far-future",
+        ),
+        pytest.param(
+            [floored("9999-12-31T00:00:00+00:00")],
+            160.0,
+            [],
+            "trusted time unavailable: the trusted floor gives 9999-12-31T00:00:00+00:00, "
+            "outside the range time can be judged in",
+            "trusted time: carried, at least 9999-12-31T00:00:00+00:00",
+            id="floor-at-the-end-of-time",
+        ),
+        pytest.param(
+            [corrupted("INSERT INTO trusted_time VALUES (1, 'garbage')"), anchored(100.0, 100.5)],
+            160.0,
+            [],
+            "trusted time unavailable: the stored floor is unreadable (invalid literal",
+            ANCHOR_IGNORED,
+            id="floor-unparsable",
+        ),
+        pytest.param(
+            [corrupted("INSERT INTO trusted_time VALUES (1, 1e30)")],
+            160.0,
+            [],
+            "trusted time unavailable: the stored floor is unreadable (",
+            ANCHOR_IGNORED,
+            id="floor-beyond-datetime",
+        ),
+        pytest.param(
+            [anchored(100.0, 100.5), corrupted("UPDATE trusted_anchor SET sent = 'x'")],
+            160.0,
+            [],
+            "trusted time unavailable: the saved anchor is unreadable (could not convert",
+            ANCHOR_IGNORED,
+            id="anchor-unparsable",
+        ),
+        pytest.param(
+            [anchored(100.0, 100.5), corrupted("UPDATE trusted_anchor SET issued_at_us = 1e30")],
+            160.0,
+            [],
+            "trusted time unavailable: the saved anchor is unreadable (",
+            ANCHOR_IGNORED,
+            id="anchor-issued-at-beyond-datetime",
+        ),
+        pytest.param(
+            [corrupted("UPDATE policy_state SET stored_at = 'garbage'")],
+            160.0,
+            [],
+            "stored record is unreadable (Invalid isoformat string: 'garbage')",
+            "trusted time: none (no cloud-signed time yet)",
+            id="record-dates-unparsable",
+        ),
+        pytest.param(
+            [],
+            160.0,
+            ["--now", "0001-01-01T00:00:00+08:00"],
+            "trusted time unavailable: --now gives 0001-01-01T00:00:00+08:00, outside the "
+            "range time can be judged in",
+            "trusted time: given, 0001-01-01T00:00:00+08:00 (±0.0 s)",
+            id="now-year-1",
+        ),
+        pytest.param(
+            [],
+            160.0,
+            ["--now", "9999-12-31T23:59:59-08:00"],
+            "trusted time unavailable: --now gives 9999-12-31T23:59:59-08:00, outside the "
+            "range time can be judged in",
+            "trusted time: given, 9999-12-31T23:59:59-08:00 (±0.0 s)",
+            id="now-year-9999",
+        ),
+    ],
+)
+def test_faulty_clock_is_unverified_never_a_traceback(
+    db: Path,
+    cloud_pub: Path,
+    this_boot: str,
+    monotonic: Callable[[float], None],
+    capsys: Any,
+    setups: list[Setup],
+    mono: float,
+    extra: list[str],
+    reason: str,
+    time: str,
+) -> None:
+    for setup in setups:
+        setup(db, this_boot)
+    monotonic(mono)
+    assert main(["status", "--db", str(db), "--cloud-key", str(cloud_pub), *extra]) == 1
+    captured = capsys.readouterr()
+    lines = captured.out.splitlines()
+    assert lines[0] == "status unverified"
+    assert lines[1].startswith(f"reason: {reason}")
+    assert lines[2].startswith(time)
+    assert "Traceback" not in captured.err
+
+
+def test_corrupt_time_rows_do_not_matter_with_now(
+    db: Path, cloud_pub: Path, this_boot: str, capsys: Any
+) -> None:
+    # --now replaces trusted time outright, so the time rows are never consulted.
+    corrupted("INSERT INTO trusted_time VALUES (1, 'garbage')")(db, this_boot)
+    assert status(db, cloud_pub) == 0
+    captured = capsys.readouterr()
+    assert captured.out.splitlines()[0] == "status: covered"
+    assert "Traceback" not in captured.err
+
+
+def test_naive_now_is_a_usage_error(db: Path, cloud_pub: Path, capsys: Any) -> None:
+    argv = ["status", "--db", str(db), "--cloud-key", str(cloud_pub)]
+    with pytest.raises(SystemExit) as exc:
+        main([*argv, "--now", "2025-06-01T12:00:00"])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert "needs a UTC offset" in err and "Traceback" not in err
+
+
+def test_json_under_a_faulty_clock(
+    db: Path, cloud_pub: Path, this_boot: str, monotonic: Callable[[float], None], capsys: Any
+) -> None:
+    anchored(5000.0, 5000.5)(db, this_boot)
+    monotonic(3.0)
+    assert main(["status", "--db", str(db), "--cloud-key", str(cloud_pub), "--json"]) == 1
+    captured = capsys.readouterr()
+    assert json.loads(captured.out) == {
+        "verified": False,
+        "reason": "trusted time unavailable: the monotonic clock reads before the saved "
+        "anchor (3.0 < 5000.5); anchor ignored",
+        "trusted_time": {
+            "confidence": "carried",
+            "earliest": "2025-06-01T04:00:00+00:00",
+            "latest": None,
+        },
+        "intents_pending": 0,
+    }
+    assert "Traceback" not in captured.err
 
 
 @pytest.mark.parametrize(

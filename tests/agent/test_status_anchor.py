@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from agent.boot import current_boot_id
-from agent.cli import _trusted
+from agent.cli import _TimeRows, _trusted
 from agent.store import Store
 from agent.trusted_time import Anchor, Confidence
 
@@ -26,7 +26,9 @@ def test_a_saved_anchor_counts_only_in_the_boot_it_was_made_in(
     saved_boot: str, this_boot: str | None, confidence: Confidence
 ) -> None:
     floor = ISSUED + timedelta(seconds=30)
-    now = _trusted(None, floor, "no state", (saved_boot, ANCHOR), this_boot, mono=160.0)
+    rows = _TimeRows(floor=floor, anchor=(saved_boot, ANCHOR))
+    now, fault = _trusted(None, "no state", rows, this_boot, mono=160.0)
+    assert fault is None  # another boot's anchor is no fault: that is every reboot
     assert now is not None and now.confidence == confidence
     assert now.earliest >= floor  # never behind the persisted floor
     if confidence == Confidence.FRESH:
@@ -36,7 +38,8 @@ def test_a_saved_anchor_counts_only_in_the_boot_it_was_made_in(
 
 
 def test_no_anchor_leaves_only_the_floor() -> None:
-    now = _trusted(None, ISSUED, "no state", None, "boot-a", mono=5.0)
+    now, fault = _trusted(None, "no state", _TimeRows(floor=ISSUED), "boot-a", mono=5.0)
+    assert fault is None
     assert now is not None and now.confidence == Confidence.CARRIED and now.earliest == ISSUED
 
 
