@@ -18,22 +18,24 @@ or "lapsed" only when the claim holds for every instant of that interval. The ru
    made elsewhere meanwhile: until the cloud confirms, unverified); ``covered`` or
    ``expiring`` (``days_left`` at the interval's latest instant within
    ``expiring_within_days``) when the whole interval lies inside the term (with a next
-   term bought, cover runs on to its end: ``covered_until``); ``unknown``
-   when it lies wholly before the start or dates are missing; unverified when the
-   interval straddles the start or the end.
+   term bought, cover runs on to its end: ``covered_until``); ``pending`` (待生效:
+   uncovered) when it lies wholly before the term's start instant (00:00 China time of
+   ``coverage_start``, or the record's exact ``starts_at``), so a car told ``pending``
+   shows covered from that instant on without waiting for the cloud; ``unknown`` when
+   dates are missing; unverified when the interval straddles the start or the end.
 """
 
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Final, Literal
 
-from .protocol.calendar import coverage_end_instant, coverage_start_instant, days_left
+from .protocol.calendar import coverage_end_instant, days_left, start_instant
 from .protocol.messages import PolicyState
 from .trusted_time import Confidence, TrustedNow
 
 EXPIRING_WITHIN_DAYS: Final = 30
 """Days left at or under which a covered car shows ``expiring`` (the first reminder stage)."""
-HeadStatus = Literal["covered", "expiring", "lapsed", "unknown"]
+HeadStatus = Literal["covered", "expiring", "lapsed", "pending", "unknown"]
 NO_TIME: Final = "no trusted time yet: waiting for a cloud-signed time"
 
 
@@ -52,6 +54,9 @@ class StatusView:
     issued_at: datetime
     fresh_until: datetime
     time: TrustedNow
+    starts_at: datetime | None = None
+    """The instant the term begins (set while ``pending``, and for a term that began at
+    an instant other than 00:00)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,9 +86,10 @@ def _coverage(
             "(it may have been renewed elsewhere)",
             now,
         )
-    if now.latest < coverage_start_instant(start):
-        return "unknown"
-    if now.earliest >= coverage_start_instant(start) and now.latest < ends:
+    begins = start_instant(start, state.starts_at)
+    if now.latest < begins:
+        return "pending"
+    if now.earliest >= begins and now.latest < ends:
         return "expiring" if days_left(now.latest, end) <= expiring_within_days else "covered"
     return Unverified(
         f"trusted time ({now.describe()}) straddles the start or end of coverage", now
@@ -122,10 +128,11 @@ def view(
     shown = _coverage(state, now, expiring_within_days)
     if isinstance(shown, Unverified):
         return shown
-    insurer = state.insurer_name or state.insurer_code
-    if state.insurer_name and state.insurer_code:
-        insurer = f"{state.insurer_name} ({state.insurer_code})"
+    insurer = state.insurer_name or state.insurer_code  # the name: codes are not for drivers
     end = covered_until(state)
+    begins = None
+    if state.coverage_start is not None and (shown == "pending" or state.starts_at is not None):
+        begins = start_instant(state.coverage_start, state.starts_at)
     return StatusView(
         status=shown,
         record_status=state.status,
@@ -138,6 +145,7 @@ def view(
         issued_at=state.issued_at,
         fresh_until=state.fresh_until,
         time=now,
+        starts_at=begins,
     )
 
 
@@ -173,6 +181,7 @@ def as_text(shown: StatusView | Unverified) -> str:
         coverage = f"{_text(shown.coverage_start)} to {_text(shown.coverage_end)} 24:00 China time"
     rows = [
         ("status", shown.status),
+        *([("starts at", shown.starts_at)] if shown.status == "pending" else []),
         ("record status", shown.record_status),
         ("insurer", shown.insurer),
         ("policy no", shown.policy_no_masked),
@@ -198,6 +207,7 @@ def as_json(shown: StatusView | Unverified) -> dict[str, Any]:
         "policy_no_masked": shown.policy_no_masked,
         "coverage_start": _text(shown.coverage_start) if shown.coverage_start else None,
         "coverage_end": _text(shown.coverage_end) if shown.coverage_end else None,
+        "starts_at": None if shown.starts_at is None else shown.starts_at.isoformat(),
         "days_left": shown.days_left,
         "version": shown.version,
         "issued_at": shown.issued_at.isoformat(),

@@ -120,6 +120,7 @@ class HeadUnit:
         self._poke = asyncio.Event()
         self._version = 0
         self._changed = asyncio.Condition()
+        self._shown: tuple[object, ...] = ()
 
     # ---- what the screen shows -------------------------------------------------------
 
@@ -147,13 +148,15 @@ class HeadUnit:
         else:
             status, days, end = view.status, view.days_left, view.coverage_end
             insurer = view.insurer
+        starts = view.starts_at if isinstance(view, display.StatusView) else None
         shown |= {
             "status": status,
             "days_left": days,
             "coverage_end": None if end is None else end.isoformat(),
+            "starts_at": None if starts is None or status != "pending" else starts.isoformat(),
             "insurer": insurer,
             "texts": {
-                lang: texts.status_text(status, lang, days_left=days, end=end)
+                lang: texts.status_text(status, lang, days_left=days, end=end, starts_at=starts)
                 for lang in texts.LANGS
             },
             "prompt": self._prompt_json(),
@@ -178,9 +181,11 @@ class HeadUnit:
             "stage": p.stage,
             "days_left": p.days_left,
             "coverage_end": p.coverage_end.isoformat(),
-            "answers": sorted(reminders.ANSWERS),
+            "answers": list(reminders.answers_for(p.stage)),
             "texts": {
-                lang: texts.prompt_text(p.stage, p.days_left, p.coverage_end, p.insurer, lang)
+                lang: texts.prompt_text(
+                    p.stage, p.days_left, p.coverage_end, p.insurer, lang, starts_at=p.starts_at
+                )
                 for lang in texts.LANGS
             },
         }
@@ -211,16 +216,25 @@ class HeadUnit:
                     "insurer_code": q.insurer_code,
                     "start": q.start.isoformat(),
                     "end": q.end.isoformat(),
+                    "start_rule": q.start_rule or "midnight",
                     "ctpl": q.ctpl,
                     "floating_rate": q.floating_rate,
+                    "rate_basis": q.rate_basis,
                     "vehicle_vessel_tax": q.vehicle_vessel_tax,
+                    "tax_exemption": q.tax_exemption,
                     "total": q.total,
+                    "claims_phone": q.claims_phone,
                     "expires_at": q.expires_at.isoformat(),
+                    "texts": {lang: texts.quote_text(q, lang) for lang in texts.LANGS},
                 }
                 for q in renewal.quotes
             ],
             "amount": renewal.amount,
             "new_end": None if renewal.new_end is None else renewal.new_end.isoformat(),
+            "new_starts_at": None
+            if renewal.new_starts_at is None
+            else renewal.new_starts_at.isoformat(),
+            "reason": renewal.reason,
             "message": renewal.message,
             "payment_url": None,
             "payment_qr": None,
@@ -230,7 +244,8 @@ class HeadUnit:
             shown["payment_qr"] = qr_svg_data_uri(renewal.payment_url)
         shown["texts"] = {
             lang: texts.renewal_text(renewal.stage, lang, amount=renewal.amount,
-                                     new_end=renewal.new_end)
+                                     new_end=renewal.new_end, new_starts_at=renewal.new_starts_at,
+                                     reason=renewal.reason)
             for lang in texts.LANGS
         }  # fmt: skip
         return shown
@@ -261,8 +276,10 @@ class HeadUnit:
             "policy_no": state.policy_no_masked,
             "plate": state.plate_masked,
             "start": None if state.coverage_start is None else state.coverage_start.isoformat(),
+            "starts_at": None if state.starts_at is None else state.starts_at.isoformat(),
             "end": state.coverage_end.isoformat(),
             "insurer": state.insurer_name or state.insurer_code,
+            "insurer_address": state.insurer_address,
             "claims_phone": state.claims_phone,
             "verified_at": None if state.verified_at is None else state.verified_at.isoformat(),
         }
@@ -302,6 +319,8 @@ class HeadUnit:
             shown = self._on_screen
             if shown is None or shown.n != prompt_id:
                 raise AnswerError("stale_prompt", "that prompt is no longer on screen")
+            if answer not in reminders.answers_for(shown.prompt.stage):
+                raise AnswerError("bad_answer", f"{answer!r} is not offered by this prompt")
             store = self._need_store()
             day = self._today() or china_date(self._wall())
             await store.answer_prompt(shown.n, answer, day)
@@ -389,12 +408,35 @@ class HeadUnit:
             log.warning("%s: cannot record %s: %s", self.agent.vid, event, exc)
 
     async def evaluate(self) -> reminders.Decision | None:
-        """Decide now; show a prompt, hide a stale one, or raise a fleet alert."""
+        """Decide now; show a prompt, hide a stale one, or raise a fleet alert. The screen
+        is told whenever what it shows changed (a new state, a renewal update, a new day)."""
         async with self._lock:
             decision = await self._evaluate()
+            shown = self._shown_key()
+            if shown != self._shown:
+                self._shown = shown
+                await self._publish()
         if decision is not None:
             self.decisions = [*self.decisions[-63:], decision]
         return decision
+
+    def _shown_key(self) -> tuple[object, ...]:
+        """What the screen shows apart from the prompt and the signals (they publish
+        themselves): the view (its time left out), the state's version, the renewal."""
+        view = self.agent.status_view()
+        state, renewal = self.agent.state, self.current_renewal()
+        seen: tuple[object, ...] = (
+            ("unverified", view.reason)
+            if isinstance(view, display.Unverified)
+            else (view.status, view.days_left, view.coverage_end, view.starts_at)
+        )
+        return (
+            seen,
+            None if state is None else state.version,
+            None if renewal is None else (renewal.seq, renewal.stage),
+            self.vin_mismatch,
+            self.agent.connected,
+        )
 
     async def _evaluate(self) -> reminders.Decision | None:
         view = self.agent.status_view()
@@ -439,6 +481,8 @@ class HeadUnit:
             return False
         if view.record_status == "renewal_pending":
             return False
+        if prompt.stage in reminders.PER_TRIP:  # uninsured: shown while it lasts
+            return view.status == prompt.stage
         return view.status in ("expiring", "covered", "lapsed")
 
     def _today(self) -> date | None:

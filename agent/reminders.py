@@ -7,15 +7,17 @@ reason. Rules, in order:
 
 1. Nothing verified, an ``unknown`` status, or a renewal the cloud says is under way
    (``renewal_pending``): quiet.
-2. The stage: ``lapsed`` once the view says so; ``d0`` on the end day (coverage ends at
-   24:00 China time); else ``dN`` for the smallest configured N (default 30, 15, 7, 3,
-   1) at or above the days left; none beyond the first stage: quiet.
-3. A moving car (speed above 0) is never prompted; a lapsed one that moves raises one
-   ``lapsed_while_driving`` alert per trip.
+2. The stage: ``lapsed`` once the view says so; ``pending`` (待生效) while the only term
+   has not begun (the car is uninsured until then, like a lapsed one); ``d0`` on the end
+   day (coverage ends at 24:00 China time); else ``dN`` for the smallest configured N
+   (default 30, 15, 7, 3, 1) at or above the days left; none beyond the first stage: quiet.
+3. A moving car (speed above 0) is never prompted; a lapsed or pending one that moves
+   raises one ``lapsed_while_driving`` / ``pending_while_driving`` alert per trip.
 4. With the ignition off the head unit is dark: quiet.
 5. Each stage of a policy term prompts once (shown, whatever the answer, or none, counts),
    unless its last answer was a snooze: until the next trip (ignition cycle), or until
-   the next China calendar day. ``lapsed`` prompts once per trip until renewed.
+   the next China calendar day. ``lapsed`` and ``pending`` prompt once per trip (a
+   ``pending`` prompt offers only "dismiss": the renewal is bought).
 6. At most ``daily_cap`` prompts per China calendar day.
 
 The history is keyed by the term's end date: a renewed policy (a later end) starts afresh,
@@ -24,7 +26,7 @@ which is how "already renewed elsewhere" stops prompts once the cloud confirms i
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, datetime
 from typing import Final, Literal
 
 from .display import StatusView, Unverified
@@ -35,7 +37,17 @@ ANSWERS: Final[frozenset[str]] = frozenset(
     {"accept", "dismiss", "snooze_trip", "snooze_day", "already_renewed"}
 )
 LAPSED: Final = "lapsed"
+PENDING: Final = "pending"
 END_DAY: Final = "d0"
+PER_TRIP: Final = frozenset({LAPSED, PENDING})
+"""Stages that prompt once per trip (the car is uninsured) rather than once per term."""
+
+
+def answers_for(stage: str) -> tuple[Answer, ...]:
+    """The answers a prompt of ``stage`` offers (a pending car's renewal is bought)."""
+    if stage == PENDING:
+        return ("dismiss",)
+    return ("accept", "already_renewed", "dismiss", "snooze_day", "snooze_trip")
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,13 +111,15 @@ class Prompt:
     days_left: int
     coverage_end: date
     insurer: str | None
+    starts_at: datetime | None = None
+    """When cover begins, for a ``pending`` prompt."""
 
 
 @dataclass(frozen=True, slots=True)
 class Alert:
     """Tell the fleet (a ``vehicle.event``), do not show the driver anything."""
 
-    event: Literal["lapsed_while_driving"]
+    event: Literal["lapsed_while_driving", "pending_while_driving"]
     coverage_end: date
     trip: int
 
@@ -147,17 +161,21 @@ def decide(
         return Quiet("unknown")
     if view.status == "lapsed":
         stage: str | None = LAPSED
+    elif view.status == "pending":
+        stage = PENDING
     else:
         stage = None if days is None else stage_for(days, config.stages)
     if stage is None:
         return Quiet("not_due")
     if vehicle.moving:
-        if stage != LAPSED:
+        if stage not in PER_TRIP:
             return Quiet("moving")
         if any(isinstance(h, Alerted) and (h.coverage_end, h.trip) == (end, vehicle.trip)
                for h in history):  # fmt: skip
             return Quiet("alerted")
-        return Alert("lapsed_while_driving", end, vehicle.trip)
+        if stage == LAPSED:
+            return Alert("lapsed_while_driving", end, vehicle.trip)
+        return Alert("pending_while_driving", end, vehicle.trip)
     if not vehicle.ignition_on:
         return Quiet("ignition_off")
     assert view.time.latest is not None  # a StatusView is only made with a bounded time
@@ -168,13 +186,14 @@ def decide(
         return Quiet(blocked)
     if sum(1 for h in shown if h.day == today) >= config.daily_cap:
         return Quiet("daily_cap")
-    return Prompt(stage, days if days is not None else -1, end, view.insurer)
+    starts_at = view.starts_at if stage == PENDING else None
+    return Prompt(stage, days if days is not None else -1, end, view.insurer, starts_at)
 
 
 def _blocked(stage: str, end: date, trip: int, today: date, shown: list[Shown]) -> str | None:
     """Why this stage must not prompt now (already prompted, snoozed), or None."""
     mine = [h for h in shown if (h.coverage_end, h.stage) == (end, stage)]
-    if stage == LAPSED:
+    if stage in PER_TRIP:
         mine = [h for h in mine if h.trip == trip or h.answer == "snooze_day"]
     if not mine:
         return None
@@ -184,6 +203,6 @@ def _blocked(stage: str, end: date, trip: int, today: date, shown: list[Shown]) 
     if last.answer == "snooze_day":
         answered = last.answered_day or last.day
         if today > answered:
-            return None if stage != LAPSED or last.trip != trip else "prompted"
+            return None if stage not in PER_TRIP or last.trip != trip else "prompted"
         return "snoozed"
     return "prompted"

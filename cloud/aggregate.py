@@ -26,7 +26,9 @@ well). ``aggregate`` decides:
                    answer is
    ==============  ==========================================================================
 
-6. ``Aggregate.record`` is what the cloud stores and tells the car (docs/sources.md).
+6. ``Aggregate.record`` is what the cloud stores and tells the car (docs/sources.md): a
+   current term that has not begun is told as ``pending`` by its dates (uncovered until
+   its start instant), one followed by a renewal as ``renewal_pending``.
 
 ``AggregateCache`` keeps the last result per vehicle for a TTL (shorter when a source
 failed) and when each source last answered well.
@@ -64,6 +66,8 @@ class SourcePolicy:
     end: date
     status: PolicyStatus
     issued_at: datetime
+    starts_at: datetime | None = None
+    """The exact instant cover begins when not 00:00 China time of ``start``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,9 +163,7 @@ class Aggregate:
         override: Override | None = None
         if self.verdict == "unknown":
             override = "unknown"
-        elif self.verdict != "lapsed" and (
-            self.renewal is not None or self.decided_at < _starts(term.policy)
-        ):
+        elif self.verdict != "lapsed" and self.renewal is not None:
             override = "renewal_pending"
         p = term.policy
         return PolicyRecord(
@@ -175,11 +177,12 @@ class Aggregate:
             verified_at=term.verified_at,
             override=override,
             plate_masked=mask_plate(p.plate),
+            starts_at=p.starts_at,
         )
 
 
 def _starts(p: SourcePolicy) -> datetime:
-    return calendar.coverage_start_instant(p.start)
+    return calendar.start_instant(p.start, p.starts_at)
 
 
 def _ends(p: SourcePolicy) -> datetime:

@@ -4,6 +4,8 @@
 intents and the set of vehicles with an open renewal into ``AlertRow``s:
 
 - ``lapsed_while_driving``: the car reported driving without cover (one per event);
+- ``pending_while_driving``: the car reported driving before its new term starts
+  (待生效: uninsured until then; one per event);
 - ``vin_mismatch``: the car reported that the bus VIN is not the enrolled one (one per event);
 - ``expiring_no_renewal``: 0..7 days left, no next term, no open renewal (one per term);
 - ``offline_and_expiring``: link offline or never seen, 7 days left or fewer (lapsed
@@ -30,17 +32,22 @@ from .handler import IntentRow
 from .store import AlertRow
 
 AlertKind = Literal[
-    "lapsed_while_driving", "expiring_no_renewal", "offline_and_expiring", "vin_mismatch"
+    "lapsed_while_driving",
+    "pending_while_driving",
+    "expiring_no_renewal",
+    "offline_and_expiring",
+    "vin_mismatch",
 ]
 KINDS: Final[tuple[AlertKind, ...]] = (
     "lapsed_while_driving",
+    "pending_while_driving",
     "expiring_no_renewal",
     "offline_and_expiring",
     "vin_mismatch",
 )
 ALERT_WITHIN_DAYS: Final = 7
 """Days left at or below which an unrenewed term raises an alert."""
-EVENT_KINDS: Final = frozenset({"lapsed_while_driving", "vin_mismatch"})
+EVENT_KINDS: Final = frozenset({"lapsed_while_driving", "pending_while_driving", "vin_mismatch"})
 
 FleetEvent = tuple[str, VehicleEvent, str]
 """(vid, the car's vehicle.event, its intent_id)."""
@@ -128,6 +135,7 @@ def derive(
             event_at=event.at,
             status=None if v is None else v.status,
             coverage_end=None if v is None or v.coverage_end is None else v.coverage_end,
+            **({} if v is None or v.starts_at is None else {"starts_at": v.starts_at}),
         )
         out.append(_row(fleet_id, event.event, vid, intent_id, now, detail))
     for v in summaries:

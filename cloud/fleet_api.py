@@ -33,7 +33,9 @@ from .registrar import HOOK_TIMEOUT_S, Registrar
 from .renewal_flow import Flow
 
 log = logging.getLogger(__name__)
-StatusName = Literal["active", "expiring", "lapsed", "renewal_pending", "unknown", "revoked"]
+StatusName = Literal[
+    "active", "expiring", "lapsed", "pending", "renewal_pending", "unknown", "revoked"
+]
 IDEMPOTENCY_KEY_RE: Final = re.compile(r"[A-Za-z0-9_-]{8,64}")
 MAX_EVENTS_SHOWN: Final = 50
 MAX_STREAMS: Final = 256
@@ -97,6 +99,8 @@ def _flow(f: Flow) -> dict[str, Any]:
         "new_end": None if f.new_end is None else f.new_end.isoformat(),
         "history": list(f.history),
         "message": f.message,
+        "reason": f.reason,
+        "new_starts_at": None if f.new_starts_at is None else f.new_starts_at.isoformat(),
     }
 
 
@@ -119,6 +123,7 @@ def _policy(record: PolicyRecord | None, now: datetime) -> dict[str, Any] | None
         "insurer_name": term.insurer_name,
         "policy_no_masked": term.policy_no_masked,
         "coverage_start": term.coverage_start.isoformat(),
+        "starts_at": term.start_instant.isoformat(),
         "coverage_end": term.coverage_end.isoformat(),
         "source": term.source,
         "verified_at": term.verified_at.isoformat(),

@@ -1,7 +1,8 @@
 """What a fleet operator sees per vehicle: three separate truths, filtered and paged. Pure.
 
 - **policy**: the status the car is told now (``cloud.policy.status_of``), end date, days
-  left, a next term bought;
+  left, a next term bought, and for a ``pending`` car (待生效: uncovered until its term
+  begins) the instant cover starts;
 - **link**: ``online`` if the cloud accepted a request from the car within
   ``online_within``, ``offline`` if it did earlier, ``unknown`` if never;
 - **freshness**: how old the policy data is (its ``verified_at``) and when the car was
@@ -33,7 +34,8 @@ class VehicleSummary:
 
     vid: str
     status: str
-    """``active``, ``expiring``, ``lapsed``, ``renewal_pending``, ``unknown``, ``revoked``."""
+    """``active``, ``expiring``, ``lapsed``, ``pending``, ``renewal_pending``, ``unknown``,
+    ``revoked``."""
     insurer_code: str | None
     coverage_end: date | None
     days_left: int | None
@@ -41,6 +43,8 @@ class VehicleSummary:
     link: Link
     last_seen: datetime | None
     data_age_s: float | None
+    starts_at: datetime | None = None
+    """When cover begins, while the status is ``pending``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +84,7 @@ def summarize(
         link=link,
         last_seen=last_seen,
         data_age_s=max(0.0, (now - record.verified_at).total_seconds()),
+        starts_at=term.start_instant if status == "pending" else None,
     )
 
 
@@ -92,7 +97,7 @@ def matches(v: VehicleSummary, f: Filters) -> bool:
     if f.expires_within_days is not None:
         # Covered until the next term's end once one is bought: that car does not expire.
         end = v.next_coverage_end or v.coverage_end
-        if v.days_left is None or end is None or v.status in ("lapsed", "revoked"):
+        if v.days_left is None or end is None or v.status in ("lapsed", "pending", "revoked"):
             return False
         if v.next_coverage_end is not None or v.days_left > f.expires_within_days:
             return False
@@ -121,7 +126,7 @@ def counts(rows: Iterable[VehicleSummary]) -> dict[str, int]:
 
 CSV_FIELDS: Final = (
     "vid", "status", "insurer_code", "coverage_end", "days_left", "next_coverage_end", "link",
-    "last_seen", "data_age_s",
+    "last_seen", "data_age_s", "starts_at",
 )  # fmt: skip
 
 

@@ -20,13 +20,13 @@ import hashlib
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta
+from datetime import datetime, timedelta
 
-from agent.protocol import calendar, envelope, messages, topics
+from agent.protocol import envelope, messages, topics
 from agent.protocol.errors import ProtocolError
 from agent.protocol.keys import PublicKey
 
-from .policy import PolicyRecord, StateContent, content_of
+from .policy import PolicyRecord, StateContent, content_of, status_changes_at
 
 
 @dataclass(slots=True)
@@ -138,10 +138,11 @@ class RequestHandler:
     intents: list[IntentRow] = field(default_factory=list)
     """Intents accepted since the caller last took them; record before sending replies."""
     counters: Counter[str] = field(default_factory=Counter)
-    _contents: dict[str, tuple[date, PolicyRecord | None, StateContent, str]] = field(
+    _contents: dict[str, tuple[datetime, PolicyRecord | None, StateContent, str, datetime]] = field(
         default_factory=dict, init=False, repr=False
     )
-    """Per vid: the content told on a China date for a record, and its digest."""
+    """Per vid: the content told for a record, valid until the first field (from the
+    last), and its digest."""
 
     def handle(self, topic: str, payload: bytes, now: datetime) -> Reply | None:
         """The reply to one request, or None when there is nowhere to send one."""
@@ -263,19 +264,21 @@ class RequestHandler:
             claims_phone=content.claims_phone,
             vin_digest=vehicle.vin_digest,
             next_coverage_end=content.next_coverage_end,
+            starts_at=content.starts_at,
+            insurer_address=content.insurer_address,
         )
         return Reply(topics.down(vid, "policy"), body, retain=True)
 
     def _content(self, vid: str, now: datetime) -> tuple[StateContent, str]:
-        # A status changes only at 24:00 China time, so content is cached per China date.
-        today = calendar.china_date(now)
+        # A status changes only at 00:00 China time or at a term's start instant, so the
+        # content is cached until the next of those (``status_changes_at``).
         record = self.policies.get(vid)
         cached = self._contents.get(vid)
-        if cached is not None and cached[0] == today and cached[1] is record:
+        if cached is not None and cached[1] is record and cached[4] <= now < cached[0]:
             return cached[2], cached[3]
         content = content_of(record, now, self.expiring_within_days)
         key = _content_key(content)
-        self._contents[vid] = (today, record, content, key)
+        self._contents[vid] = (status_changes_at(record, now), record, content, key, now)
         return content, key
 
     def _error(self, vid: str, vehicle: VehicleState, rej: Rejected, now: datetime) -> Reply:

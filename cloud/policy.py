@@ -1,10 +1,24 @@
-"""Policy records as the cloud holds them, and the status a car is told (pure)."""
+"""Policy records as the cloud holds them, and the status a car is told (pure).
+
+The status at instant ``now`` (``status_of``) of the term in force then (a next term
+bought takes over at 24:00 China time of this one's end), in order:
+
+1. The record's override (``unknown`` while a source failed, ``renewal_pending`` from the
+   aggregation), if any.
+2. At or after the term's end: ``lapsed``.
+3. Before the term's start instant (00:00 China time of ``coverage_start``, or the exact
+   ``starts_at`` of a term bought to start on payment): ``pending`` (待生效): uncovered.
+4. A next term bought: ``renewal_pending`` (covered without a gap).
+5. ``expiring`` with ``expiring_within_days`` or fewer days left, else ``active``.
+"""
 
 from dataclasses import dataclass
 from datetime import date, datetime
-from typing import Final, Literal
+from typing import Literal
 
 from agent.protocol import calendar
+
+from . import insurer_directory
 
 Override = Literal["unknown", "renewal_pending"]
 
@@ -29,6 +43,14 @@ class PolicyRecord:
     next_policy_no_masked: str | None = None
     next_end: date | None = None
     """The next term, when one is bought: it starts the day after ``coverage_end``."""
+    starts_at: datetime | None = None
+    """The exact instant the term begins when not 00:00 China time of ``coverage_start``
+    (a term bought after a lapse from an insurer that starts cover on payment)."""
+
+    @property
+    def start_instant(self) -> datetime:
+        """When this term begins."""
+        return calendar.start_instant(self.coverage_start, self.starts_at)
 
     def rolled(self, now: datetime) -> "PolicyRecord":
         """The term in force at ``now``: this one, or the next once this one has ended."""
@@ -45,19 +67,6 @@ class PolicyRecord:
             verified_at=self.verified_at,
             plate_masked=self.plate_masked,
         )
-
-
-CLAIMS_PHONES: Final = {
-    "PICC": "95518",
-    "PAIC": "95511",
-    "PINGAN": "95511",
-    "CPIC": "95500",
-    "CLPC": "95519",
-    "SSAIC": "95510",
-    "TPIC": "95589",
-    "CCIC": "95590",
-}
-"""Claims hotlines by insurer code, for the e-policy card."""
 
 
 def mask_plate(plate: str) -> str:
@@ -95,27 +104,39 @@ class StateContent:
     plate_masked: str | None = None
     claims_phone: str | None = None
     next_coverage_end: date | None = None
+    starts_at: datetime | None = None
+    insurer_address: str | None = None
 
 
 UNKNOWN = StateContent("unknown", None, None, None, None, None, "none", None)
 
 
 def status_of(record: PolicyRecord, now: datetime, expiring_within_days: int) -> str:
-    """``active``, ``expiring`` (within the window), ``lapsed``, or the record's override;
-    ``renewal_pending`` while the next term is bought and this one still runs."""
+    """The status a car is told for ``record`` at ``now``, by the rules in the module
+    docstring: an override, ``renewal_pending``, ``pending``, ``expiring``, ``active``
+    or ``lapsed``."""
     if record.override is not None:
         return record.override
     record = record.rolled(now)
-    if record.next_end is not None and calendar.is_covered(
-        now, record.coverage_start, record.coverage_end
-    ):
-        return "renewal_pending"
-    if calendar.is_covered(now, record.coverage_start, record.coverage_end):
-        left = calendar.days_left(now, record.coverage_end)
-        return "expiring" if left <= expiring_within_days else "active"
-    if now >= calendar.coverage_end_instant(record.coverage_end):
+    ends = calendar.coverage_end_instant(record.coverage_end)
+    if now >= ends:
         return "lapsed"
-    return "unknown"  # a term that has not begun yet: no cover known for today
+    if now < record.start_instant:
+        return "pending"
+    if record.next_end is not None:
+        return "renewal_pending"
+    left = calendar.days_left(now, record.coverage_end)
+    return "expiring" if left <= expiring_within_days else "active"
+
+
+def status_changes_at(record: PolicyRecord | None, now: datetime) -> datetime:
+    """The first instant after ``now`` at which ``status_of`` may change for ``record``:
+    the next 00:00 China time, or the term's start instant when that comes sooner."""
+    midnight = calendar.next_midnight(now)
+    if record is None:
+        return midnight
+    start = record.rolled(now).start_instant
+    return start if now < start < midnight else midnight
 
 
 def content_of(
@@ -126,6 +147,9 @@ def content_of(
         return UNKNOWN
     status = status_of(record, now, expiring_within_days)
     record = record.rolled(now)
+    starts_at = record.starts_at
+    if status == "pending" and starts_at is None:
+        starts_at = record.start_instant
     return StateContent(
         status=status,
         insurer_code=record.insurer_code,
@@ -136,6 +160,8 @@ def content_of(
         source=record.source,
         verified_at=record.verified_at,
         plate_masked=record.plate_masked,
-        claims_phone=CLAIMS_PHONES.get(record.insurer_code),
+        claims_phone=insurer_directory.claims_phone(record.insurer_code),
         next_coverage_end=record.next_end,
+        starts_at=starts_at,
+        insurer_address=insurer_directory.address(record.insurer_code),
     )

@@ -5,6 +5,13 @@ per intent id, marked processed after its step), with insurer webhooks, and at s
 with whatever a crash left half done (unprocessed intents, flows in a resumable stage).
 Every state change is stored before anything is told to the car; a policy issued by a
 webhook is stored in the same transaction as the flow that issued it.
+
+Quoting reads the vehicle's facts (region, kind, seats, displacement, fuel, claims record)
+from the national platform, prices them with ``cloud.tariff`` and keeps only the quotes
+at that price: the CTPL premium is the same at every insurer, so a quote off the tariff
+is an insurer's error, dropped and counted. A car still covered renews without a gap; a
+lapsed car, or one never insured, takes the earliest start each insurer allows (the
+dates come from the CTPL calendar in China time, never from the UTC date).
 """
 
 import asyncio
@@ -17,6 +24,7 @@ from typing import Protocol
 
 from agent.protocol import calendar, messages
 
+from . import insurer_directory, tariff
 from . import renewal_flow as rf
 from .handler import IntentRow
 from .policy import PolicyRecord, mask_plate, mask_policy_no
@@ -28,14 +36,13 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, slots=True)
 class VehicleFacts:
-    """What an insurer needs to quote (the cloud's record of the vehicle)."""
+    """Which vehicle (the cloud's record): what the sources are asked about. The plate
+    is None until a policy or the national platform's registry gave it (a car never
+    insured)."""
 
     vid: str
     vin: str
-    plate: str
-    seats: int = 5
-    displacement_l: float = 1.5
-    at_fault_history: str = "none_1y"
+    plate: str | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,14 +64,23 @@ class IssuedPolicy:
     plate: str
     start: date
     end: date
+    starts_at: datetime | None = None
+    """The exact instant cover begins when not 00:00 China time of ``start``."""
+
+    @property
+    def start_instant(self) -> datetime:
+        """When the policy's cover begins."""
+        return calendar.start_instant(self.start, self.starts_at)
 
 
 class SourceFailure(Exception):
-    """A source or insurer call that failed; ``permanent`` when retrying cannot help."""
+    """A source or insurer call that failed; ``permanent`` when retrying cannot help;
+    ``code`` the source's own error code, if it gave one (``not_found``)."""
 
-    def __init__(self, message: str, *, permanent: bool = False) -> None:
+    def __init__(self, message: str, *, permanent: bool = False, code: str | None = None) -> None:
         super().__init__(message)
         self.permanent = permanent
+        self.code = code
 
 
 class Insurer(Protocol):
@@ -72,8 +88,11 @@ class Insurer(Protocol):
 
     code: str
 
-    async def quote(self, facts: VehicleFacts, start: date) -> QuoteOffer:
-        """A quote for the term starting on ``start``; raise SourceFailure."""
+    async def quote(
+        self, facts: VehicleFacts, vehicle: tariff.Vehicle, start: date | None
+    ) -> QuoteOffer:
+        """A quote for the term starting on ``start`` (None: the earliest the insurer
+        allows); raise SourceFailure."""
         ...
 
     async def bind(self, quote_id: str, idempotency_key: str) -> Order:
@@ -94,6 +113,11 @@ class Lookup(Protocol):
 
     async def refresh(self, facts: VehicleFacts) -> LookupResult:
         """Ask the sources now (a failing source never makes a lapse: see cloud.aggregate)."""
+        ...
+
+    async def vehicle(self, facts: VehicleFacts) -> tuple[str, tariff.Vehicle]:
+        """The registered plate and the facts the national platform records (region,
+        kind, seats, displacement, fuel, claims record); raise SourceFailure."""
         ...
 
 
@@ -118,11 +142,15 @@ def update_body(
             quote_id=q.quote_id, insurer_code=q.insurer_code, insurer_name=q.insurer_name,
             start=q.start, end=q.end, ctpl=q.ctpl, floating_rate=q.floating_rate,
             vehicle_vessel_tax=q.vehicle_vessel_tax, total=q.total, expires_at=q.expires_at,
+            start_rule="on_payment" if q.start_rule == "on_payment" else None,
+            rate_basis=q.rate_basis, tax_exemption="new_energy" if q.tax_exemption else None,
+            claims_phone=insurer_directory.claims_phone(q.insurer_code),
         )
         for q in flow.quotes[:5]
     ) if flow.stage is Stage.QUOTES and error is None else ()  # fmt: skip
     paying = flow.stage is Stage.AWAITING_PAYMENT and error is None
     message = f"{error.code}: {error}" if error is not None else flow.message
+    reason = error.code if error is not None else flow.reason
     return messages.RenewalUpdate(
         vid=vid,
         seq=seq,
@@ -135,6 +163,8 @@ def update_body(
         amount=flow.amount if paying else None,
         new_end=flow.new_end,
         message=None if message is None else message[:256],
+        new_starts_at=flow.new_starts_at if error is None else None,
+        reason=None if reason is None else reason[:48],
     )
 
 
@@ -235,10 +265,7 @@ class RenewalService:
             ):
                 await self.notifier.renewal_changed(latest)  # already under way: say so
                 return
-            policies = await self.store.load_policies(vid)
-            old = policies.get(vid)
-            flow = rf.start(rf.renewal_id_for(body.intent_id), vid, body.intent_id,
-                            None if old is None else old.coverage_end)  # fmt: skip
+            flow = await self._new_flow(vid, body.intent_id)
             await self._save(flow)
             await self._step(flow)
         elif body.action == "accept":
@@ -256,13 +283,20 @@ class RenewalService:
         elif body.action == "already_renewed":
             base = latest if latest is not None and latest.stage not in rf.TERMINAL else None
             if base is None:
-                policies = await self.store.load_policies(vid)
-                old = policies.get(vid)
-                base = rf.start(rf.renewal_id_for(body.intent_id), vid, body.intent_id,
-                                None if old is None else old.coverage_end)  # fmt: skip
+                base = await self._new_flow(vid, body.intent_id)
             flow = rf.check(base, body.intent_id)
             await self._save(flow)
             await self._step(flow)
+
+    async def _new_flow(self, vid: str, intent_id: str) -> Flow:
+        """A flow renewing what ``vid`` holds now: after the term it is covered by (or
+        waits for), without a gap; the earliest start allowed when it is uncovered."""
+        old = (await self.store.load_policies(vid)).get(vid)
+        if old is None:
+            return rf.start(rf.renewal_id_for(intent_id), vid, intent_id, None, covered=False)
+        end = old.next_end or old.coverage_end
+        covered = self.now() < calendar.coverage_end_instant(end)
+        return rf.start(rf.renewal_id_for(intent_id), vid, intent_id, end, covered=covered)
 
     def _quotes_live(self, flow: Flow) -> bool:
         now = self.now()
@@ -275,7 +309,12 @@ class RenewalService:
     async def _step(self, flow: Flow) -> Flow:
         """Run the effect of ``flow``'s stage (quote, bind, check) and store the outcome."""
         if flow.stage is Stage.QUOTING:
-            nxt = rf.quotes_ready(flow, await self._quotes(flow))
+            found = await self._quotes(flow)
+            if isinstance(found, tariff.TariffError | SourceFailure):
+                code = getattr(found, "code", None) or "quotes_unavailable"
+                nxt = rf.failed(flow, code, str(found))
+            else:
+                nxt = rf.quotes_ready(flow, found)
         elif flow.stage is Stage.BINDING:
             nxt = await self._bind(flow)
         elif flow.stage is Stage.CHECKING:
@@ -288,27 +327,55 @@ class RenewalService:
 
     async def _facts(self, vid: str) -> VehicleFacts | None:
         vin, plate = await self.store.vehicle_identity(vid)
-        if vin is None or plate is None:
+        if vin is None:
             return None
         return VehicleFacts(vid, vin, plate)
 
-    async def _quotes(self, flow: Flow) -> list[QuoteOffer]:
+    async def _quotes(self, flow: Flow) -> list[QuoteOffer] | tariff.TariffError | SourceFailure:
+        """The insurers' quotes at the tariff's price, or why none can be had."""
         facts = await self._facts(flow.vid)
         if facts is None:
             self.counters["quote.no_identity"] += 1
             return []
-        start = calendar.renewal_start(flow.old_end) if flow.old_end else self.now().date()
+        if self.lookup is None:
+            self.counters["quote.no_vehicle_facts"] += 1
+            return SourceFailure("no national platform to read the vehicle's facts from",
+                                 code="vehicle_facts_unavailable")  # fmt: skip
+        try:
+            plate, vehicle = await self.lookup.vehicle(facts)
+            price = tariff.premium(vehicle)
+        except SourceFailure as exc:
+            self.counters["quote.no_vehicle_facts"] += 1
+            unknown = exc.code == "not_found"
+            code = "vehicle_unknown" if unknown else "vehicle_facts_unavailable"
+            return SourceFailure(str(exc), permanent=unknown, code=code)
+        except tariff.TariffError as exc:
+            self.counters[f"quote.refused.{exc.code}"] += 1
+            return exc
+        if facts.plate is None:  # a car never insured: the registry knows its plate
+            await self.store.set_plate(facts.vid, plate)
+            facts = replace(facts, plate=plate)
         answers = await asyncio.gather(
-            *(insurer.quote(facts, start) for insurer in self.insurers.values()),
+            *(insurer.quote(facts, vehicle, flow.start_day) for insurer in self.insurers.values()),
             return_exceptions=True,
         )
         offers: list[QuoteOffer] = []
         for code, answer in zip(self.insurers, answers, strict=True):
-            if isinstance(answer, QuoteOffer):
-                offers.append(answer)
-            else:
+            if not isinstance(answer, QuoteOffer):
                 self.counters[f"quote.failed.{code}"] += 1
                 log.warning("quote from %s failed: %s", code, answer)
+            elif (answer.ctpl, answer.vehicle_vessel_tax) != (
+                tariff.money(price.ctpl),
+                tariff.money(price.vehicle_vessel_tax),
+            ):
+                self.counters[f"quote.off_tariff.{code}"] += 1
+                log.warning(
+                    "quote from %s is off the tariff (ctpl %s, tax %s; tariff %s, %s)",
+                    code, answer.ctpl, answer.vehicle_vessel_tax,
+                    tariff.money(price.ctpl), tariff.money(price.vehicle_vessel_tax),
+                )  # fmt: skip
+            else:
+                offers.append(answer)
         return offers
 
     async def _bind(self, flow: Flow) -> Flow:
@@ -353,7 +420,7 @@ class RenewalService:
             raise FlowError("unknown_order", "no renewal awaits payment for that order")
         async with self._lock(flows[0].vid):
             flow = (await self.store.flows("order", (order_id,)))[0]
-            nxt = rf.paid(flow, order_id, issued.start, issued.end)
+            nxt = rf.paid(flow, order_id, issued.start, issued.end, issued.starts_at)
             if nxt == flow:
                 self.counters["webhook.repeated"] += 1
                 return flow
@@ -375,10 +442,14 @@ def _with_next(
     vid: str,
     now: datetime | None = None,
 ) -> PolicyRecord | None:
-    """``current`` with ``issued`` as its next term (the term itself when none is held)."""
+    """``current`` with ``issued`` as its next term when it follows without a gap, else the
+    issued term alone (bought after a lapse: ``pending`` until it starts)."""
     if issued is None:
         return current
-    if current is None or issued.start != calendar.renewal_start(current.coverage_end):
+    gapless = current is not None and issued.start_instant == calendar.coverage_end_instant(
+        current.coverage_end
+    )
+    if current is None or not gapless:
         return PolicyRecord(
             vid=vid,
             insurer_code=issued.insurer_code,
@@ -389,6 +460,7 @@ def _with_next(
             source=issued.insurer_code.lower(),
             verified_at=now or datetime.now().astimezone(),
             plate_masked=mask_plate(issued.plate),
+            starts_at=issued.starts_at,
         )
     return replace(
         current,

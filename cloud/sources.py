@@ -1,6 +1,7 @@
 """The policy sources over HTTP: the only cloud module that imports httpx.
 
-``SourceClient`` asks one source (``lookup``); ``InsurerClient`` also quotes, binds and
+``SourceClient`` asks one source (``lookup``; the national platform also answers
+``vehicle``: the facts a premium is priced by); ``InsurerClient`` also quotes, binds and
 reads orders. Each call has a total deadline per attempt (a slow drip cannot hold it),
 retries with full-jitter backoff on 5xx, 429, timeouts and connection errors (never on
 other 4xx), and goes through the source's ``CircuitBreaker``. Every answer is validated
@@ -29,6 +30,7 @@ from typing import Annotated, Any, Final, Literal, Self, TypeVar
 import httpx
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from agent.protocol import calendar
 from agent.protocol.clock import Clock, SystemClock
 
 from .aggregate import (
@@ -44,16 +46,17 @@ from .aggregate import (
     aggregate,
 )
 from .errors import CloudError
+from .tariff import ClaimsRecord, Vehicle
 
 __all__ = [
     "BREAKER_FAILURES",
     "RETRYABLE",
-    "AtFaultHistory",
     "CircuitBreaker",
     "InsurerClient",
     "Order",
     "Premium",
     "Quote",
+    "Registered",
     "SourceClient",
     "SourceConfig",
     "SourceError",
@@ -69,10 +72,6 @@ SourceReason = Literal[
     "timeout", "connection", "unavailable", "throttled", "circuit_open", "html", "not_json",
     "invalid", "too_large", "not_found", "conflict", "gone", "refused",
 ]  # fmt: skip
-AtFaultHistory = Literal[
-    "none_1y", "none_2y", "none_3y", "one_claim", "two_plus_claims", "fatal", "new_vehicle"
-]  # fmt: skip
-"""The claims history an insurer prices by (the 2020 floating-rate table, docs/sources.md)."""
 RETRYABLE: Final[frozenset[str]] = frozenset({"timeout", "connection", "unavailable", "throttled"})
 BREAKER_FAILURES: Final[frozenset[str]] = frozenset(
     {"timeout", "connection", "unavailable", "html", "not_json", "invalid", "too_large"}
@@ -213,11 +212,14 @@ class _WirePolicy(_Strict):
     end: date
     status: Literal["in_force", "cancelled"]
     issued_at: AwareDatetime
+    starts_at: AwareDatetime | None = None
 
     @model_validator(mode="after")
     def _ordered(self) -> Self:
         if self.end < self.start:
             raise ValueError("the term ends before it starts")
+        if self.starts_at is not None and calendar.china_date(self.starts_at) != self.start:
+            raise ValueError("starts_at does not fall on the start date (China time)")
         return self
 
     def policy(self) -> SourcePolicy:
@@ -237,6 +239,8 @@ class _WirePremium(_Strict):
     ctpl: Money
     vehicle_vessel_tax: Money
     total: Money
+    row: str | None = Field(None, pattern=r"^(A[1-6]|new)$")
+    tax_exemption: Literal["new_energy"] | None = None
 
 
 class _WireQuote(_Strict):
@@ -247,6 +251,31 @@ class _WireQuote(_Strict):
     end: date
     expires_at: AwareDatetime
     premium: _WirePremium
+    start_rule: Literal["midnight", "on_payment"] = "midnight"
+
+
+class _WireClaims(_Strict):
+    first_insured: bool
+    claim_free_years: int = Field(ge=0, le=99)
+    at_fault_claims_last_year: int = Field(ge=0, le=99)
+    fatal_last_year: bool
+
+
+class _WireVehicle(_Strict):
+    vin: str = Field(pattern=_VIN)
+    plate: str = Field(min_length=2, max_length=16)
+    region: str = Field(pattern=r"^[0-9]{6}$")
+    kind: str = Field(pattern=r"^[a-z_]{1,32}$")
+    seats: int = Field(ge=1, le=99)
+    displacement_l: str = Field(pattern=r"^[0-9]{1,2}\.[0-9]{1,3}$")
+    fuel: str = Field(pattern=r"^[a-z_]{1,16}$")
+    claims: _WireClaims
+
+
+class _WireVehicleAnswer(_Strict):
+    source: str
+    as_of: AwareDatetime
+    vehicle: _WireVehicle
 
 
 class _WireOrder(_Strict):
@@ -270,6 +299,10 @@ class Premium:
     vehicle_vessel_tax: Decimal
     total: Decimal
     currency: str = "CNY"
+    row: str | None = None
+    """The floating-rate row applied (``A1``…``A6``, ``new``), when the insurer says."""
+    tax_exemption: str | None = None
+    """Why the tax is 0 (``new_energy``)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -283,6 +316,17 @@ class Quote:
     end: date
     expires_at: datetime
     premium: Premium
+    start_rule: str = "midnight"
+    """``midnight``: cover from 00:00 China time of ``start``; ``on_payment``: from payment."""
+
+
+@dataclass(frozen=True, slots=True)
+class Registered:
+    """A registered vehicle as the national platform knows it: its plate and facts."""
+
+    vin: str
+    plate: str
+    vehicle: Vehicle
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +356,12 @@ class _Reply:
     status: int
     body: bytes
     content_type: str
+
+
+def _litres(value: Decimal) -> str:
+    """Litres as the wire writes them: a decimal with a point (``1.5``, ``0.0``)."""
+    text = format(value, "f")
+    return text if "." in text else f"{text}.0"
 
 
 def _normal_plate(plate: str) -> str:
@@ -387,6 +437,36 @@ class SourceClient:
             "GET", "/v1/policies", {200}, _WireAnswer, convert, params=params
         )
         return answer
+
+    async def vehicle(self, plate: str | None, vin: str | None) -> "Registered":
+        """The vehicle's facts as the source records them (the national platform's
+        registry): SourceError ``not_found`` when it knows no such vehicle."""
+        if not plate and not vin:
+            raise ValueError("give a plate or a VIN")
+        params = {k: v for k, v in (("plate", plate), ("vin", vin)) if v}
+
+        def convert(w: _WireVehicleAnswer) -> Registered:
+            if w.source != self.name:
+                raise ValueError(f"the answer says it is from {w.source[:32]!r}")
+            v = w.vehicle
+            if vin and v.vin != vin.strip().upper():
+                raise ValueError("the answer is another vehicle's")
+            if not vin and _normal_plate(v.plate) != _normal_plate(plate or ""):
+                raise ValueError("the answer is another vehicle's")
+            c = v.claims
+            claims = ClaimsRecord(first_insured=c.first_insured,
+                                  claim_free_years=min(c.claim_free_years, 3),
+                                  at_fault_claims_last_year=c.at_fault_claims_last_year,
+                                  fatal_last_year=c.fatal_last_year)  # fmt: skip
+            vehicle = Vehicle(region=v.region, kind=v.kind, seats=v.seats,
+                              displacement_l=Decimal(v.displacement_l), fuel=v.fuel,
+                              claims=claims)  # fmt: skip
+            return Registered(v.vin, v.plate, vehicle)
+
+        _, found = await self._call(
+            "GET", "/v1/vehicles", {200}, _WireVehicleAnswer, convert, params=params
+        )
+        return found
 
     # ---- one call: attempts, breaker, validation --------------------------------
 
@@ -501,14 +581,21 @@ class InsurerClient(SourceClient):
     """An insurer: its policies, and quotes, bindings and orders."""
 
     async def quote(
-        self, plate: str, vin: str, *, seats: int, displacement_l: float,
-        at_fault_history: AtFaultHistory, start: date, use: Literal["private"] = "private",
+        self, plate: str, vin: str, vehicle: Vehicle, *, start: date | None
     ) -> Quote:  # fmt: skip
-        """A priced one-year quote starting ``start`` (quoting twice makes two quotes)."""
+        """A priced one-year quote for ``vehicle`` starting ``start``, or at the earliest
+        the insurer allows when None (quoting twice makes two quotes)."""
+        c = vehicle.claims
         body = {
-            "plate": plate, "vin": vin, "seats": seats, "use": use,
-            "displacement_l": displacement_l, "at_fault_history": at_fault_history,
-            "start": start.isoformat(),
+            "plate": plate, "vin": vin, "region": vehicle.region, "kind": vehicle.kind,
+            "seats": vehicle.seats, "displacement_l": _litres(vehicle.displacement_l),
+            "fuel": vehicle.fuel,
+            "claims": {
+                "first_insured": c.first_insured, "claim_free_years": c.claim_free_years,
+                "at_fault_claims_last_year": c.at_fault_claims_last_year,
+                "fatal_last_year": c.fatal_last_year,
+            },
+            "start": None if start is None else start.isoformat(),
         }  # fmt: skip
 
         def convert(w: _WireQuote) -> Quote:
@@ -517,14 +604,17 @@ class InsurerClient(SourceClient):
             pr = w.premium
             premium = Premium(
                 Decimal(pr.base), Decimal(pr.floating_rate), Decimal(pr.ctpl),
-                Decimal(pr.vehicle_vessel_tax), Decimal(pr.total),
+                Decimal(pr.vehicle_vessel_tax), Decimal(pr.total), row=pr.row,
+                tax_exemption=pr.tax_exemption,
             )  # fmt: skip
             if premium.total != premium.ctpl + premium.vehicle_vessel_tax:
                 raise ValueError("the premium's total is not ctpl + tax")
             if w.end < w.start:
                 raise ValueError("the term ends before it starts")
+            if start is not None and w.start != start:
+                raise ValueError(f"a quote starting {w.start}, not {start} as asked")
             return Quote(w.quote_id, w.insurer_code, w.insurer_name, w.start, w.end,
-                         w.expires_at, premium)  # fmt: skip
+                         w.expires_at, premium, w.start_rule)  # fmt: skip
 
         _, quote = await self._call("POST", "/v1/quotes", {201}, _WireQuote, convert, json=body)
         return quote
@@ -603,6 +693,14 @@ class SourceRegistry:
         self.cache = AggregateCache(config.cache_ttl_s, config.retry_after_s)
         self._inflight: dict[str, asyncio.Task[Aggregate]] = {}
         self._names = itertools.count(1)
+
+    async def vehicle(self, plate: str | None, vin: str | None) -> "Registered":
+        """The vehicle's facts from the national platform (SourceError when it has none,
+        ``not_found`` when it knows no such vehicle)."""
+        national = next((c for c in self.clients.values() if c.kind == "national"), None)
+        if national is None:
+            raise SourceError("national", "refused", "no national platform is configured")
+        return await national.vehicle(plate, vin)
 
     def insurer(self, code: str) -> InsurerClient:
         """The insurer ``code``'s client; KeyError when there is none."""

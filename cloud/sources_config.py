@@ -6,7 +6,6 @@ to the ports ``cloud.renewals`` needs, so the renewal flow never sees HTTP.
 
 from dataclasses import replace
 from datetime import date
-from typing import cast
 
 from agent.protocol import calendar
 
@@ -22,13 +21,13 @@ from .renewals import (
     VehicleFacts,
 )
 from .sources import (
-    AtFaultHistory,
     InsurerClient,
     SourceConfig,
     SourceError,
     SourceRegistry,
     SourcesConfig,
 )
+from .tariff import Vehicle
 
 PERMANENT = frozenset({"not_found", "conflict", "gone", "refused", "invalid"})
 """Source failures that retrying cannot mend (an expired or unknown quote, say)."""
@@ -41,25 +40,22 @@ class InsurerAdapter:
         self.code = code
         self.client = client
 
-    async def quote(self, facts: VehicleFacts, start: date) -> QuoteOffer:
-        """A quote for the term starting on ``start``; raise SourceFailure."""
+    async def quote(self, facts: VehicleFacts, vehicle: Vehicle, start: date | None) -> QuoteOffer:
+        """A quote for the term starting on ``start`` (None: the earliest the insurer
+        allows); raise SourceFailure."""
+        if facts.plate is None:
+            raise SourceFailure("no plate to quote", code="vehicle_facts_unavailable")
         try:
-            q = await self.client.quote(
-                facts.plate,
-                facts.vin,
-                seats=facts.seats,
-                displacement_l=facts.displacement_l,
-                at_fault_history=cast(AtFaultHistory, facts.at_fault_history),
-                start=start,
-            )
+            q = await self.client.quote(facts.plate, facts.vin, vehicle, start=start)
         except SourceError as exc:
-            raise SourceFailure(str(exc), permanent=exc.reason in PERMANENT) from exc
+            raise _failure(exc) from exc
         p = q.premium
         return QuoteOffer(
             quote_id=q.quote_id, insurer_code=q.insurer_code, insurer_name=q.insurer_name,
             start=q.start, end=q.end, ctpl=f"{p.ctpl:.2f}", floating_rate=f"{p.floating_rate:.2f}",
             vehicle_vessel_tax=f"{p.vehicle_vessel_tax:.2f}", total=f"{p.total:.2f}",
-            expires_at=q.expires_at,
+            expires_at=q.expires_at, start_rule=q.start_rule, rate_basis=p.row,
+            tax_exemption=p.tax_exemption,
         )  # fmt: skip
 
     async def bind(self, quote_id: str, idempotency_key: str) -> Order:
@@ -67,8 +63,13 @@ class InsurerAdapter:
         try:
             order = await self.client.bind(quote_id, idempotency_key)
         except SourceError as exc:
-            raise SourceFailure(str(exc), permanent=exc.reason in PERMANENT) from exc
+            raise _failure(exc) from exc
         return Order(order.order_id, order.payment_url, f"{order.amount:.2f}")
+
+
+def _failure(exc: SourceError) -> SourceFailure:
+    """A source client's error as the renewal flow's (its code: the source's, else the reason)."""
+    return SourceFailure(str(exc), permanent=exc.reason in PERMANENT, code=exc.code or exc.reason)
 
 
 class LookupAdapter:
@@ -84,15 +85,25 @@ class LookupAdapter:
         if record is not None and record.override == "renewal_pending":
             record = replace(record, override=None)  # the next term says so, below
         term = found.renewal
-        today = calendar.china_date(found.decided_at)
-        if term is None and found.current is not None and found.current.policy.start > today:
-            term, record = found.current, None  # the only term known has not begun: a next one
+        current = found.current
+        if term is None and current is not None:
+            begins = calendar.start_instant(current.policy.start, current.policy.starts_at)
+            if found.decided_at < begins:
+                term, record = current, None  # the only term known has not begun: a next one
         nxt = None
         if term is not None:
             p = term.policy
             nxt = IssuedPolicy(p.policy_no, p.insurer_code, p.insurer_name, p.plate, p.start,
-                               p.end)  # fmt: skip
+                               p.end, p.starts_at)  # fmt: skip
         return LookupResult(record, nxt)
+
+    async def vehicle(self, facts: VehicleFacts) -> tuple[str, Vehicle]:
+        """The registered plate and facts from the national platform; raise SourceFailure."""
+        try:
+            found = await self.registry.vehicle(facts.plate, facts.vin)
+        except SourceError as exc:
+            raise _failure(exc) from exc
+        return found.plate, found.vehicle
 
 
 def sources_config(config: CloudConfig) -> SourcesConfig | None:

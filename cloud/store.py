@@ -56,7 +56,8 @@ CREATE TABLE IF NOT EXISTS policies (
     next_insurer_code TEXT,
     next_insurer_name TEXT,
     next_policy_no_masked TEXT,
-    next_end TEXT
+    next_end TEXT,
+    starts_at TEXT
 ) STRICT;
 CREATE TABLE IF NOT EXISTS policy_seeds (
     vin TEXT PRIMARY KEY,
@@ -158,6 +159,7 @@ _ADDED_COLUMNS: Final = {
         "next_insurer_name": "TEXT",
         "next_policy_no_masked": "TEXT",
         "next_end": "TEXT",
+        "starts_at": "TEXT",
     },
     "policy_seeds": {"plate_masked": "TEXT", "plate": "TEXT"},
     "intents": {"processed_at": "TEXT", "claimed_by": "TEXT", "claimed_at": "TEXT"},
@@ -208,7 +210,7 @@ _PG_NEW_INTENTS: Final = (
 _POLICY_COLUMNS: Final = (
     "vid, insurer_code, insurer_name, policy_no_masked, coverage_start, coverage_end, source, "
     "verified_at, override, plate_masked, next_insurer_code, next_insurer_name, "
-    "next_policy_no_masked, next_end"
+    "next_policy_no_masked, next_end, starts_at"
 )
 _SELECT_POLICIES: Final = f"SELECT {_POLICY_COLUMNS} FROM policies"  # noqa: S608 - fixed text
 _REPLACE_POLICY: Final = "ON CONFLICT (vid) DO UPDATE SET " + ", ".join(
@@ -217,7 +219,7 @@ _REPLACE_POLICY: Final = "ON CONFLICT (vid) DO UPDATE SET " + ", ".join(
 """Every column but the key from the new row: what SQLite's INSERT OR REPLACE did."""
 _PUT_POLICY: Final = (
     f"INSERT INTO policies ({_POLICY_COLUMNS}) "  # noqa: S608 - fixed text
-    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) {_REPLACE_POLICY}"
+    f"VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) {_REPLACE_POLICY}"
 )
 _SEED_COLUMNS: Final = (
     "vin, insurer_code, insurer_name, policy_no_masked, coverage_start, coverage_end, source,"
@@ -232,7 +234,7 @@ _PUT_SEED: Final = (
 
 def _policy_record(row: Sequence[Any]) -> PolicyRecord:
     vid, code, name, no, start, end, source, verified, override, plate = row[:10]
-    next_code, next_name, next_no, next_end = row[10:]
+    next_code, next_name, next_no, next_end, starts_at = row[10:]
     return PolicyRecord(
         vid=vid,
         insurer_code=code,
@@ -248,6 +250,7 @@ def _policy_record(row: Sequence[Any]) -> PolicyRecord:
         next_insurer_name=next_name,
         next_policy_no_masked=next_no,
         next_end=None if next_end is None else date.fromisoformat(next_end),
+        starts_at=_dt(starts_at),
     )
 
 
@@ -257,6 +260,7 @@ def _policy_row(r: PolicyRecord) -> tuple[object, ...]:
         r.coverage_end.isoformat(), r.source, r.verified_at.isoformat(), r.override,
         r.plate_masked, r.next_insurer_code, r.next_insurer_name, r.next_policy_no_masked,
         None if r.next_end is None else r.next_end.isoformat(),
+        None if r.starts_at is None else r.starts_at.isoformat(),
     )  # fmt: skip
 
 

@@ -12,6 +12,8 @@ import json
 from datetime import date, datetime
 from typing import Final
 
+from agent.protocol import calendar
+
 from .renewals import IssuedPolicy
 
 TOLERANCE_S: Final = 300
@@ -61,6 +63,19 @@ def _day(obj: dict[str, object], key: str) -> date:
         raise WebhookError(400, "bad_body", f"{key}: should be a YYYY-MM-DD date") from None
 
 
+def _instant(obj: dict[str, object], key: str) -> datetime | None:
+    """An optional RFC 3339 instant with an offset (absent or null: None)."""
+    if obj.get(key) is None:
+        return None
+    try:
+        at = datetime.fromisoformat(_text(obj, key, 40))
+    except ValueError:
+        at = None
+    if at is None or at.utcoffset() is None:
+        raise WebhookError(400, "bad_body", f"{key}: should be an instant with an offset")
+    return at
+
+
 def order_paid(body: bytes, insurer_code: str) -> tuple[str, IssuedPolicy]:
     """The order id and the policy issued, from a verified ``order.paid`` body."""
     try:
@@ -81,7 +96,10 @@ def order_paid(body: bytes, insurer_code: str) -> tuple[str, IssuedPolicy]:
         plate=_text(policy, "plate", 16),
         start=_day(policy, "start"),
         end=_day(policy, "end"),
+        starts_at=_instant(policy, "starts_at"),
     )
+    if issued.starts_at is not None and calendar.china_date(issued.starts_at) != issued.start:
+        raise WebhookError(400, "bad_body", "starts_at: should fall on the start date")
     if issued.insurer_code != insurer_code:
         raise WebhookError(400, "bad_body", "the policy is not this insurer's")
     if issued.end <= issued.start:

@@ -2,7 +2,10 @@
 
 Coverage ends at 24:00 of the end date in Asia/Shanghai (UTC+8, no daylight
 saving since 1991, so a fixed offset is exact and needs no tz database).
-Days left are calendar days in that zone.
+Cover starts at 00:00 of the start date, or at the exact instant a term bought to
+start on payment names (``starts_at``). Days left are calendar days in that zone.
+A term bought after a lapse starts at the next 00:00 China time at the earliest
+(``next_midnight``): never from the UTC date, which is a day behind until 08:00.
 """
 
 from datetime import date, datetime, time, timedelta, timezone
@@ -25,6 +28,16 @@ def china_date(now: datetime) -> date:
 def coverage_start_instant(start: date) -> datetime:
     """The instant cover begins: 00:00 China time on ``start``."""
     return datetime.combine(start, time(0, 0), CHINA_TZ)
+
+
+def start_instant(start: date, starts_at: datetime | None = None) -> datetime:
+    """The instant a term begins: ``starts_at`` when the term names one, else 00:00 of ``start``."""
+    return _aware(starts_at) if starts_at is not None else coverage_start_instant(start)
+
+
+def next_midnight(now: datetime) -> datetime:
+    """The first 00:00 China time after instant ``now`` (at 00:00 itself: the next day's)."""
+    return coverage_start_instant(china_date(now) + timedelta(days=1))
 
 
 def coverage_end_instant(end: date) -> datetime:

@@ -20,7 +20,8 @@ from .strict import Length, Pattern, Range
 Vid = Annotated[str, Pattern(topics.VID_RE.pattern)]
 Seq = Annotated[int, Range(ge=1, le=2**53)]
 ShortText = Annotated[str, Length(min=1, max=64)]
-PolicyStatus = Literal["active", "expiring", "lapsed", "unknown", "renewal_pending"]
+PolicyStatus = Literal["active", "expiring", "lapsed", "unknown", "renewal_pending", "pending"]
+"""``pending`` (待生效): the only term starts in the future; uncovered until ``starts_at``."""
 IntentId = Annotated[str, Pattern(r"[0-9a-f]{32}")]
 """An intent's idempotency key: 128 random bits in lowercase hex, chosen by the car."""
 RenewalAction = Literal["quote", "accept", "decline", "already_renewed"]
@@ -32,6 +33,7 @@ VehicleEventKind = Literal[
     "prompt_shown",
     "prompt_answered",
     "lapsed_while_driving",
+    "pending_while_driving",
     "vin_mismatch",
 ]
 ERROR_CODES: Final = frozenset(
@@ -123,9 +125,21 @@ class PolicyState(_Body):
     next_coverage_end: date | None = None
     """The end of the next term, once one is bought (it starts the day after
     ``coverage_end``): the car is covered without a gap until then."""
+    starts_at: datetime | None = None
+    """The exact instant cover begins: present while ``pending`` and whenever cover starts
+    other than at 00:00 China time of ``coverage_start`` (bought to start on payment)."""
+    insurer_address: Annotated[str, Length(min=1, max=64)] | None = None
+    """The insurer's registered address, for the e-policy card (regulation Art. 12)."""
 
     omit_when_none: ClassVar[frozenset[str]] = frozenset(
-        {"plate_masked", "claims_phone", "vin_digest", "next_coverage_end"}
+        {
+            "plate_masked",
+            "claims_phone",
+            "vin_digest",
+            "next_coverage_end",
+            "starts_at",
+            "insurer_address",
+        }
     )
 
 
@@ -207,6 +221,19 @@ class Quote(strict.Record):
     vehicle_vessel_tax: Money
     total: Money
     expires_at: datetime
+    start_rule: Literal["midnight", "on_payment"] | None = None
+    """When cover begins: 00:00 China time of ``start`` (None or ``midnight``), or on
+    payment (``on_payment``: the insurer starts cover when the order is paid)."""
+    rate_basis: Annotated[str, Pattern(r"A[1-6]|new")] | None = None
+    """The row of the region's floating-rate scheme applied (``new``: first insurance)."""
+    tax_exemption: Literal["new_energy"] | None = None
+    """Why ``vehicle_vessel_tax`` is 0 (a new-energy vehicle is exempt)."""
+    claims_phone: Annotated[str, Pattern(r"[0-9+\-]{3,20}")] | None = None
+    """The insurer's claims hotline: the price is the same everywhere, service is not."""
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset(
+        {"start_rule", "rate_basis", "tax_exemption", "claims_phone"}
+    )
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -228,6 +255,12 @@ class RenewalUpdate(_Body):
     amount: Money | None = None
     new_end: date | None = None
     message: Annotated[str, Length(max=256)] | None = None
+    new_starts_at: datetime | None = None
+    """The instant the new term begins, once issued (until then the car may be uncovered)."""
+    reason: Annotated[str, Pattern(r"[a-z_]{1,48}")] | None = None
+    """A stable code for a ``failed`` or ``not_renewed`` stage (the head unit words it)."""
+
+    omit_when_none: ClassVar[frozenset[str]] = frozenset({"new_starts_at", "reason"})
 
 
 Intent = RenewalRequest | VehicleEvent

@@ -1,12 +1,13 @@
 """Stand-ins for the outside world as real HTTP servers: the national platform, insurers,
 third parties (docs/sources.md holds the REST contract)."""
 
-from .common import HttpServer, Knobs, Policy, SimService
+from .common import ClaimsRecord, HttpServer, Knobs, Policy, SimService, VehicleRecord
 from .insurer import Insurer, Order, Quote, WebhookAttempt, sign
 from .national import NationalPlatform, ThirdPartyPlatform
-from .premium import Premium, premium_for, term_for
+from .premium import Premium, premium, term_for
 
 __all__ = [
+    "ClaimsRecord",
     "HttpServer",
     "Insurer",
     "Knobs",
@@ -17,8 +18,9 @@ __all__ = [
     "Quote",
     "SimService",
     "ThirdPartyPlatform",
+    "VehicleRecord",
     "WebhookAttempt",
-    "premium_for",
+    "premium",
     "sign",
     "term_for",
 ]

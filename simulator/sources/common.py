@@ -68,6 +68,9 @@ class Knobs(BaseModel):
     """Insurers: deliver each webhook twice."""
     quote_ttl_s: float = Field(900.0, gt=0)
     """Insurers: how long a quote can be bound."""
+    ctpl_surcharge_cny: float = Field(0.0, ge=0, le=10_000)
+    """Insurers: add this to the CTPL premium, off the uniform tariff (the cloud must drop
+    such a quote)."""
 
 
 class Policy(BaseModel):
@@ -84,6 +87,45 @@ class Policy(BaseModel):
     end: date
     status: Literal["in_force", "cancelled"] = "in_force"
     issued_at: AwareDatetime
+    starts_at: AwareDatetime | None = None
+    """The exact instant cover begins when not 00:00 China time of ``start`` (a term that
+    an insurer starts on payment); left out of the JSON when None."""
+
+    def wire(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class ClaimsRecord(BaseModel):
+    """A vehicle's CTPL claims record as the national platform keeps it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    first_insured: bool = False
+    """No record yet: a new vehicle's first term (no floating)."""
+    claim_free_years: int = Field(1, ge=0, le=3)
+    """Consecutive years without an at-fault accident (3: three or more)."""
+    at_fault_claims_last_year: int = Field(0, ge=0, le=99)
+    fatal_last_year: bool = False
+
+
+class VehicleRecord(BaseModel):
+    """A registered vehicle's facts as the national platform keeps them: what a CTPL
+    premium is priced by (docs/sources.md §2)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    vin: str = Field(pattern=r"^[A-HJ-NPR-Z0-9]{17}$")
+    plate: str = Field(min_length=2, max_length=16)
+    region: str = Field(pattern=r"^[0-9]{6}$")
+    """The registration region (GB/T 2260 code, e.g. ``310000`` 上海)."""
+    kind: str = Field("family_car", pattern=r"^[a-z_]{1,32}$")
+    """The CTPL vehicle category: ``family_car`` (家庭自用汽车), ``enterprise_passenger``…"""
+    seats: int = Field(5, ge=1, le=99)
+    displacement_l: str = Field("1.5", pattern=r"^[0-9]{1,2}\.[0-9]{1,3}$")
+    """Litres as a decimal string (``0.0`` for a battery-electric car)."""
+    fuel: str = Field("petrol", pattern=r"^[a-z_]{1,16}$")
+    """``petrol``, ``diesel``, ``hybrid``, ``bev``, ``phev``, ``fcev``."""
+    claims: ClaimsRecord = ClaimsRecord()
 
     def wire(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -3,7 +3,15 @@
 Quote → bind (``Idempotency-Key``) → the driver pays through the payment link → the
 policy is issued, reported to the national platform (seen there ``lag_s`` later) and
 announced by a signed webhook, retried with backoff until a 2xx. The REST contract is
-docs/sources.md; the premium arithmetic is ``premium``.
+docs/sources.md; the premium is the uniform tariff (``premium``).
+
+When cover may start (``earliest_start``, the insurer's contract): a quote asked for a
+start date (a car still covered, renewing without a gap) starts at 00:00 China time of
+that date, which must lie ahead (never backdated); a quote asked with no start (a lapsed
+car, or one never insured) starts at the next 00:00 China time (``next_midnight``, the
+default) or, for an insurer that starts cover on payment (``on_payment``, 即时生效), at
+the first whole minute after payment. A policy paid after its quoted start instant has
+passed starts at the next 00:00 instead (cover is never backdated).
 """
 
 import asyncio
@@ -16,8 +24,9 @@ import ssl
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
+from decimal import Decimal
 from pathlib import Path
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
 import httpx
 from fastapi import Header
@@ -27,9 +36,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from agent.protocol import calendar
 from agent.protocol.clock import Clock
 
-from .common import Knobs, Policy, SimService, error_response, rfc3339
+from .common import ClaimsRecord, Knobs, Policy, SimService, error_response, rfc3339
 from .national import NationalPlatform
-from .premium import History, Premium, Use, money, premium_for, term_for
+from .premium import ClaimsRecord as premium_claims
+from .premium import Premium, TariffError, Vehicle, money, premium, surcharged, term_for
 
 WEBHOOK_ATTEMPTS: Final = 6
 WEBHOOK_BACKOFF_S: Final = 0.05
@@ -37,20 +47,35 @@ WEBHOOK_BACKOFF_CAP_S: Final = 2.0
 WEBHOOK_TIMEOUT_S: Final = 5.0
 MAX_DAYS_AHEAD: Final = 90
 """How far ahead a term may start (insurers commonly open renewal about 90 days ahead)."""
+EarliestStart = Literal["next_midnight", "on_payment"]
+StartRule = Literal["midnight", "on_payment"]
 
 
 class QuoteRequest(BaseModel):
-    """``POST /v1/quotes``."""
+    """``POST /v1/quotes``: the vehicle's facts (as the national platform records them)
+    and the start asked for (None: the earliest this insurer allows)."""
 
     model_config = ConfigDict(extra="forbid")
 
     plate: str = Field(min_length=2, max_length=16)
     vin: str = Field(pattern=r"^[A-HJ-NPR-Z0-9]{17}$")
-    seats: int = Field(ge=1, le=60)
-    use: Use = "private"
-    displacement_l: float = Field(gt=0, le=20)
-    at_fault_history: History
-    start: date
+    region: str = Field(pattern=r"^[0-9]{6}$")
+    kind: str = Field(pattern=r"^[a-z_]{1,32}$")
+    seats: int = Field(ge=1, le=99)
+    displacement_l: str = Field(pattern=r"^[0-9]{1,2}\.[0-9]{1,3}$")
+    fuel: str = Field(pattern=r"^[a-z_]{1,16}$")
+    claims: ClaimsRecord
+    start: date | None = None
+
+    def vehicle(self) -> Vehicle:
+        """The tariff's view of the vehicle (TariffError for facts it refuses)."""
+        c = self.claims
+        return Vehicle(
+            region=self.region, kind=self.kind, seats=self.seats,
+            displacement_l=Decimal(self.displacement_l), fuel=self.fuel,
+            claims=premium_claims(c.first_insured, c.claim_free_years,
+                                  c.at_fault_claims_last_year, c.fatal_last_year),
+        )  # fmt: skip
 
 
 class BindingRequest(BaseModel):
@@ -71,6 +96,7 @@ class Quote:
     start: date
     end: date
     expires_at: datetime
+    start_rule: StartRule = "midnight"
 
 
 @dataclass(slots=True)
@@ -133,8 +159,11 @@ class Insurer(SimService):
         webhook_backoff_s: float = WEBHOOK_BACKOFF_S,
         max_days_ahead: int = MAX_DAYS_AHEAD,
         webhook_ca: Path | None = None,
+        earliest_start: EarliestStart = "next_midnight",
     ) -> None:
         self.source = self.code = code
+        self.earliest_start: EarliestStart = earliest_start
+        """When a lapsed car's cover may start: the next 00:00 China time, or on payment."""
         self.webhook_ca = webhook_ca
         """The CA that authenticates the webhook receiver (the cloud's HTTPS API)."""
         self.name = name
@@ -173,15 +202,17 @@ class Insurer(SimService):
         return p
 
     def issue_policy(
-        self, plate: str, vin: str, start: date, end: date | None = None, *, report: bool = True
-    ) -> Policy:
-        """Issue a new in-force policy now (numbered as this insurer numbers them)."""
+        self, plate: str, vin: str, start: date, end: date | None = None, *, report: bool = True,
+        starts_at: datetime | None = None,
+    ) -> Policy:  # fmt: skip
+        """Issue a new in-force policy now (numbered as this insurer numbers them), from
+        ``starts_at`` when given (an instant on ``start``), else 00:00 of ``start``."""
         now = self.clock.now()
         year = calendar.china_date(now).year
         policy = Policy(
             policy_no=f"PDZA{year}{self.number_prefix}{next(self._ids.policies):010d}",
             insurer_code=self.code, insurer_name=self.name, plate=plate, vin=vin, start=start,
-            end=end or term_for(start)[1], status="in_force", issued_at=now,
+            end=end or term_for(start)[1], status="in_force", issued_at=now, starts_at=starts_at,
         )  # fmt: skip
         self.policies[policy.policy_no] = policy
         if report:
@@ -204,25 +235,47 @@ class Insurer(SimService):
 
     def quote(self, req: QuoteRequest) -> Quote:
         """A priced quote for ``req``; ValueError (with a code first) when it cannot be."""
-        today = calendar.china_date(self.clock.now())
-        if req.start < today:
-            raise ValueError("start_in_past: a term cannot start before today (China time)")
-        if req.start > today + timedelta(days=self.max_days_ahead):
+        now = self.clock.now()
+        today = calendar.china_date(now)
+        rule: StartRule = "midnight"
+        if req.start is not None:
+            if calendar.coverage_start_instant(req.start) < now:
+                raise ValueError("start_in_past: cover cannot start before now (China time)")
+            wanted = req.start
+        elif self.earliest_start == "on_payment":
+            wanted, rule = today, "on_payment"
+        else:
+            wanted = calendar.china_date(calendar.next_midnight(now))
+        if wanted > today + timedelta(days=self.max_days_ahead):
             raise ValueError(f"too_early: terms open {self.max_days_ahead} days ahead")
-        premium = premium_for(req.seats, req.use, req.displacement_l, req.at_fault_history)
-        start, end = term_for(req.start)
-        expires = self.clock.now() + timedelta(seconds=self.knobs.quote_ttl_s)
-        q = Quote(f"q_{self.code.lower()}_{next(self._ids.quotes):06d}", req, premium, start, end,
-                  expires)  # fmt: skip
+        try:
+            price = surcharged(premium(req.vehicle()), self.knobs.ctpl_surcharge_cny)
+        except TariffError as exc:
+            raise ValueError(f"{exc.code}: {exc.message}") from exc
+        start, end = term_for(wanted)
+        expires = now + timedelta(seconds=self.knobs.quote_ttl_s)
+        q = Quote(f"q_{self.code.lower()}_{next(self._ids.quotes):06d}", req, price, start, end,
+                  expires, rule)  # fmt: skip
         self.quotes[q.quote_id] = q
         return q
 
     def quote_json(self, q: Quote) -> dict[str, Any]:
         return {
             "quote_id": q.quote_id, "insurer_code": self.code, "insurer_name": self.name,
-            "start": q.start.isoformat(), "end": q.end.isoformat(),
+            "start": q.start.isoformat(), "end": q.end.isoformat(), "start_rule": q.start_rule,
             "expires_at": rfc3339(q.expires_at), "premium": q.premium.wire(),
         }  # fmt: skip
+
+    def _term_on_payment(self, q: Quote, paid_at: datetime) -> tuple[date, date, datetime | None]:
+        """(start, end, starts_at) of the policy ``q`` becomes when paid at ``paid_at``."""
+        if q.start_rule == "on_payment":
+            begins = paid_at.replace(second=0, microsecond=0) + timedelta(minutes=1)
+            start = calendar.china_date(begins)
+            return start, term_for(start)[1], begins
+        if calendar.coverage_start_instant(q.start) >= paid_at:
+            return q.start, q.end, None
+        start = calendar.china_date(calendar.next_midnight(paid_at))  # never backdated
+        return start, term_for(start)[1], None
 
     def order_json(self, o: Order) -> dict[str, Any]:
         return {
@@ -241,8 +294,9 @@ class Insurer(SimService):
         order.charges += 1
         order.status = "paid"
         order.paid_at = self.clock.now()
+        start, end, starts_at = self._term_on_payment(quote, order.paid_at)
         order.policy = self.issue_policy(
-            quote.request.plate, quote.request.vin, quote.start, quote.end
+            quote.request.plate, quote.request.vin, start, end, starts_at=starts_at
         )
         if self.webhook_url is not None:
             task = asyncio.create_task(self._announce(order), name=f"webhook-{order_id}")
@@ -379,26 +433,39 @@ class Insurer(SimService):
         async def pay_page(order_id: str) -> Response:
             order = self.orders.get(order_id)
             if order is None:
-                return HTMLResponse("<p>No such order.</p>", status_code=404)
+                return HTMLResponse(_NO_ORDER, status_code=404)
             return HTMLResponse(_page(self.name, order))
 
         @app.post("/pay/{order_id}")
         async def pay_from_page(order_id: str) -> Response:
             if order_id not in self.orders:
-                return HTMLResponse("<p>No such order.</p>", status_code=404)
+                return HTMLResponse(_NO_ORDER, status_code=404)
             return HTMLResponse(_page(self.name, self.pay(order_id)))
 
 
+_NO_ORDER: Final = '<!DOCTYPE html><html lang="zh-CN"><meta charset="utf-8"><p>未找到该订单。</p>'
+
+
 def _page(insurer: str, order: Order) -> str:
-    """The payment page a driver's phone would show."""
+    """The payment page a driver's phone would show (in Chinese, as the driver reads it)."""
     oid = html.escape(order.order_id)
     if order.status == "paid":
         assert order.policy is not None
-        action = f"<p>Paid. Policy {html.escape(order.policy.policy_no)}.</p>"
+        p = order.policy
+        begins = p.starts_at.astimezone(calendar.CHINA_TZ) if p.starts_at else None
+        when = (
+            f"{begins.year}年{begins.month}月{begins.day}日{begins.hour}时{begins.minute}分"
+            if begins
+            else f"{p.start.year}年{p.start.month}月{p.start.day}日0时"
+        )
+        action = (
+            f"<p>支付成功。保单号 {html.escape(p.policy_no)}，自{when}起生效，"
+            f"至{p.end.year}年{p.end.month}月{p.end.day}日24时止。</p>"
+        )
     else:
-        action = f'<form method="post" action="/pay/{oid}"><button>Pay</button></form>'
+        action = f'<form method="post" action="/pay/{oid}"><button>确认支付</button></form>'
     return (
         '<!DOCTYPE html><html lang="zh-CN"><head><meta charset="utf-8">'
         f"<title>{html.escape(insurer)}</title></head><body><h1>{html.escape(insurer)}</h1>"
-        f"<p>交强险 order {oid}: {html.escape(order.amount)} CNY</p>{action}</body></html>"
+        f"<p>交强险订单 {oid}：应付 {html.escape(order.amount)} 元</p>{action}</body></html>"
     )

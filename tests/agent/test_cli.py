@@ -73,7 +73,7 @@ def test_verified_state_is_shown(db: Path, cloud_pub: Path, capsys: Any) -> None
     # The head unit's status is judged from the dates in trusted time; the cloud's beside it.
     assert lines[0] == "status: covered"
     assert "record status: active" in lines
-    assert "insurer: PICC P&C (PICC)" in lines
+    assert "insurer: PICC P&C" in lines
     assert "policy no: PDZA****1234" in lines
     assert "coverage: 2024-12-01 to 2025-11-30 24:00 China time" in lines
     assert "days left: 182" in lines

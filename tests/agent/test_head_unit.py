@@ -224,7 +224,10 @@ async def test_quotes_are_compared_a_choice_is_a_signed_consent_and_payment_is_a
         await until(lambda: hu.snapshot()["renewal"] is not None, "the quotes shown")
         shown = hu.snapshot()["renewal"]
         assert [q["total"] for q in shown["quotes"]] == ["1025.00"]
-        assert shown["texts"]["en"]["headline"] == "Choose a quote"
+        assert shown["texts"]["en"]["headline"] == "Choose an insurer"
+        assert shown["quotes"][0]["texts"]["zh-CN"]["price"] == (
+            "交强险665.00元 + 车船税360.00元 = 合计1025.00元"
+        )
         with pytest.raises(AnswerError) as unknown:
             await hu.accept_quote("q_other")
         assert unknown.value.code == "unknown_quote"
@@ -260,3 +263,43 @@ def test_the_config_picks_the_vehicle_bus(make_config: Any, tmp_path: Path) -> N
     assert isinstance(obd.head_unit.bus, ObdBus)
     with pytest.raises(ConfigError, match="obd_port"):
         make_config(bus="obd")
+
+
+async def test_a_pending_car_says_when_cover_starts_and_alerts_the_fleet_when_it_moves(
+    make_config: Any, make_state: Any, cloud: FakeCloud, bus: SimulatedBus, until: Any
+) -> None:
+    """A term bought after a lapse that starts at the next 00:00 China time: the head unit
+    says 待生效 with the start, prompts once per trip (only "dismiss"), and a car that
+    moves before the start raises one pending_while_driving event per trip, no pop-up."""
+    agent = Agent(make_config(bus_poll_s=0.02), bus=bus)
+    hu = agent.head_unit
+    starts = (NOW + timedelta(hours=8)).date() + timedelta(days=1)
+    async with running(agent):
+        ends = starts.replace(year=starts.year + 1) - timedelta(days=1)
+        await verified(agent, cloud, make_state, status="pending", coverage_start=starts,
+                       coverage_end=ends)  # fmt: skip
+        await until(lambda: hu.on_screen is not None, "the pending prompt")
+        shown = hu.snapshot()
+        assert (shown["status"], shown["prompt"]["stage"]) == ("pending", "pending")
+        assert shown["starts_at"] == f"{starts.isoformat()}T00:00:00+08:00"
+        assert shown["texts"]["zh-CN"] == {
+            "headline": "交强险待生效",
+            "detail": f"新保单自{starts.year}年{starts.month}月{starts.day}日0时起生效，"
+            "生效前请勿上路",
+        }
+        assert shown["prompt"]["answers"] == ["dismiss"]
+        on_screen = hu.on_screen
+        assert on_screen is not None
+        with pytest.raises(AnswerError) as refused:  # the renewal is bought already
+            await hu.answer(on_screen.n, "accept")
+        assert refused.value.code == "bad_answer"
+        await hu.answer(on_screen.n, "dismiss")
+        bus.speed_kmh = 30.0
+        await until(lambda: any(getattr(d, "event", None) == "pending_while_driving"
+                                for d in hu.decisions), "the fleet alert")  # fmt: skip
+        assert hu.on_screen is None and shown["prompt"] is not None
+        await hu.evaluate()
+        assert hu.decisions[-1] == Quiet("alerted")  # once per trip
+    events = [f for t, f in intents_in(agent.config.db_path) if t == "vehicle.event"]
+    assert sum(f.get("event") == "pending_while_driving" for f in events) == 1
+    assert "prompt_answered" in [f.get("event") for f in events]

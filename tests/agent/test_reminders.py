@@ -120,14 +120,14 @@ def test_decision_table(
 ) -> None:
     if expected is None:  # the renewed term: 2027-12-31, 30 days left
         decision = decide(view(at, date(2027, 12, 31)), vehicle, history)
-        assert decision == Prompt("d30", 30, date(2027, 12, 31), "PICC P&C (PICC)")
+        assert decision == Prompt("d30", 30, date(2027, 12, 31), "PICC P&C")
         return
     issued = at if at >= datetime(2026, 12, 31, 16, 0, tzinfo=UTC) else None
     decision = decide(view(at, END, issued=issued), vehicle, history)
     if isinstance(expected, str):
         assert decision == Quiet(expected), name
     elif isinstance(expected, tuple):
-        assert decision == Prompt(expected[0], expected[1], END, "PICC P&C (PICC)"), name
+        assert decision == Prompt(expected[0], expected[1], END, "PICC P&C"), name
     else:
         assert decision == expected, name
 
@@ -145,7 +145,7 @@ def test_decision_table(
     ],
 )
 def test_leap_days_and_year_ends(at: datetime, end: date, stage: str, days: int) -> None:
-    assert decide(view(at, end), PARKED, []) == Prompt(stage, days, end, "PICC P&C (PICC)")
+    assert decide(view(at, end), PARKED, []) == Prompt(stage, days, end, "PICC P&C")
 
 
 def test_nothing_verified_or_unknown_or_renewal_under_way_is_quiet() -> None:
@@ -161,10 +161,77 @@ def test_nothing_verified_or_unknown_or_renewal_under_way_is_quiet() -> None:
 def test_configurable_stages_and_cap() -> None:
     config = ReminderConfig(stages=(60, 10), daily_cap=1)
     assert decide(view(china(2026, 11, 1), END), PARKED, [], config) == Prompt(
-        "d60", 60, END, "PICC P&C (PICC)"
+        "d60", 60, END, "PICC P&C"
     )
     seen = [Shown(END, "d60", 5, date(2026, 12, 22), "dismiss")]
     assert decide(view(china(2026, 12, 22), END), PARKED, seen, config) == Quiet("daily_cap")
     for bad in ({"stages": ()}, {"stages": (0,)}, {"stages": (7, 7)}, {"daily_cap": 0}):
         with pytest.raises(ValueError):
             ReminderConfig(**bad)  # type: ignore[arg-type]
+
+
+# ---- 待生效: a term bought after a lapse, not yet begun --------------------------
+
+NEW_END = date(2027, 12, 5)
+STARTS = china(2026, 12, 6, 0, 0)
+"""The new term starts at 00:00 China time on 6 Dec 2026 (bought on 5 Dec after a lapse)."""
+
+
+def pending_view(at: datetime, *, starts_at: datetime | None = None) -> display.StatusView:
+    issued = at - timedelta(minutes=5)
+    state = PolicyState(
+        vid=VID, seq=1, version=1, issued_at=issued, fresh_until=issued + timedelta(days=7),
+        status="pending", insurer_code="PICC", insurer_name="中国人保财险",
+        policy_no_masked="PDZA****1234", coverage_start=date(2026, 12, 6), coverage_end=NEW_END,
+        source="national", verified_at=issued, starts_at=starts_at,
+    )  # fmt: skip
+    shown = display.view(state, TrustedNow(at, at, Confidence.FRESH))
+    assert isinstance(shown, display.StatusView)
+    return shown
+
+
+PENDING_CASES = [
+    ("parked at 22:00 the evening before: a prompt, once per trip", china(2026, 12, 5, 22), PARKED,
+     [], Prompt("pending", 365, NEW_END, "中国人保财险", STARTS)),
+    ("shown this trip already", china(2026, 12, 5, 22), PARKED,
+     [Shown(NEW_END, "pending", 5, date(2026, 12, 5), "dismiss")], Quiet("prompted")),
+    ("shown on the last trip: again", china(2026, 12, 5, 22), PARKED,
+     [Shown(NEW_END, "pending", 4, date(2026, 12, 5), "dismiss")],
+     Prompt("pending", 365, NEW_END, "中国人保财险", STARTS)),
+    ("moving before the start: a fleet alert, never a pop-up", china(2026, 12, 5, 23, 59),
+     MOVING, [], Alert("pending_while_driving", NEW_END, 5)),
+    ("moving, alerted this trip", china(2026, 12, 5, 23, 59), MOVING,
+     [Alerted(NEW_END, 5)], Quiet("alerted")),
+    ("00:00 China time: covered, no alert while driving on", china(2026, 12, 6, 0, 0), MOVING,
+     [], Quiet("not_due")),
+    ("covered and parked: not due for a year", china(2026, 12, 6, 0, 30), PARKED, [],
+     Quiet("not_due")),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("name", "at", "vehicle", "history", "expected"),
+    PENDING_CASES,
+    ids=[c[0] for c in PENDING_CASES],
+)
+def test_a_pending_car_is_treated_like_a_lapsed_one(
+    name: str, at: datetime, vehicle: Vehicle, history: list[Shown | Alerted], expected: object
+) -> None:
+    assert decide(pending_view(at), vehicle, history) == expected, name
+
+
+def test_pending_is_shown_until_the_exact_start_of_a_term_that_starts_on_payment() -> None:
+    starts = china(2026, 12, 5, 18, 32)
+    before = pending_view(china(2026, 12, 5, 18, 31, 59), starts_at=starts)
+    assert (before.status, before.starts_at) == ("pending", starts)
+    after = pending_view(china(2026, 12, 5, 18, 32), starts_at=starts)
+    assert after.status == "covered"
+
+
+def test_a_pending_prompt_offers_only_dismiss() -> None:
+    from agent.reminders import answers_for
+
+    assert answers_for("pending") == ("dismiss",)
+    assert set(answers_for("lapsed")) == {
+        "accept", "already_renewed", "dismiss", "snooze_day", "snooze_trip",
+    }  # fmt: skip

@@ -226,7 +226,12 @@ CASES: list[tuple[str, dict[str, Any] | None, TrustedNow | None, str]] = [
         carried(datetime(1970, 1, 1, tzinfo=UTC)),
         "unverified:carried",
     ),
-    ("before the term", {"coverage_start": date(2025, 6, 2)}, given(T0), "unknown"),
+    (
+        "before the term: pending (uncovered)",
+        {"coverage_start": date(2025, 6, 2)},
+        given(T0),
+        "pending",
+    ),
     (
         "term starts at 00:00 China",
         {"coverage_start": date(2025, 6, 2)},

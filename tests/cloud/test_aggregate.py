@@ -2,7 +2,7 @@
 simulated national platform, insurers and a third party."""
 
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
@@ -102,9 +102,9 @@ CASES = [
     Case("a failed third party does not stop a lapse",
          [ans("national", P_ENDED), ans("PICC", P_ENDED), ans("PINGAN"), fail("tp")],
          "lapsed", P_ENDED, source="national", status="lapsed"),
-    Case("a lapse made good by the insurer, national lagging",
+    Case("a lapse made good by the insurer, national lagging: uncovered until it starts",
          [ans("national", P_ENDED), ans("PICC", P_ENDED), ans("PINGAN", P_AFTER)],
-         "renewed", P_AFTER, source="PINGAN", status="renewal_pending"),
+         "renewed", P_AFTER, source="PINGAN", status="pending"),
     Case("every source failed", [fail("national", 90), fail("PICC", 60), fail("PINGAN")],
          "unknown", None),
     Case("nothing on record anywhere", [ans("national"), ans("PICC"), ans("PINGAN")],
@@ -312,3 +312,20 @@ async def test_the_third_party_only_when_others_are_down(world: World) -> None:
     assert result.current is not None and result.current.source == "thirdparty"
     record = result.record("v1")
     assert record is not None and status_of(record, world.clock.now(), 30) == "active"
+
+
+def test_a_term_that_starts_on_payment_is_pending_until_that_instant() -> None:
+    """Bought after a lapse from an insurer that starts cover on payment (10:32 UTC, 18:32
+    in China): uninsured until then, covered from then, on the same China day."""
+    at = datetime(2026, 11, 25, 10, 32, tzinfo=UTC)
+    paid = replace(pol("5", "PINGAN", (date(2026, 11, 25), date(2027, 11, 24))), starts_at=at)
+    outcomes = [ans("national", P_ENDED, paid), ans("PICC", P_ENDED), ans("PINGAN", paid)]
+    before = aggregate(outcomes, at - timedelta(minutes=1))
+    assert before.current is not None and before.current.policy == paid
+    record = before.record("vaaaaaaaaaaaaaaa1")
+    assert record is not None and record.starts_at == at and record.override is None
+    assert status_of(record, at - timedelta(seconds=1), 30) == "pending"
+    assert status_of(record, at, 30) == "active"
+    after = aggregate(outcomes, at + timedelta(minutes=1))
+    assert after.current is not None and after.current.policy == paid
+    assert after.verdict == "confirmed"

@@ -35,6 +35,19 @@ def test_a_bought_next_term_is_not_expiring_and_a_revoked_car_says_so() -> None:
 def test_csv_has_a_header_and_empty_cells_for_none() -> None:
     text = to_csv([summarize("v1", None, None, False, NOW)])
     assert text.splitlines() == [
-        "vid,status,insurer_code,coverage_end,days_left,next_coverage_end,link,last_seen,data_age_s",
-        "v1,unknown,,,,,unknown,,",
+        "vid,status,insurer_code,coverage_end,days_left,next_coverage_end,link,last_seen,"
+        "data_age_s,starts_at",
+        "v1,unknown,,,,,unknown,,,",
     ]
+
+
+def test_a_car_whose_term_starts_tomorrow_is_pending_with_its_start_instant() -> None:
+    tomorrow = date(2026, 11, 26)  # NOW is 14:00 on 25 Nov in China
+    record = policy(end=date(2027, 11, 25), coverage_start=tomorrow)
+    row = summarize("v1", record, NOW, False, NOW)
+    assert (row.status, row.starts_at) == ("pending", datetime(2026, 11, 25, 16, 0, tzinfo=UTC))
+    assert not matches(row, Filters(expires_within_days=400))  # uncovered, not expiring
+    assert matches(row, Filters(status=frozenset({"pending"})))
+    assert to_csv([row]).splitlines()[1].endswith(",2026-11-26T00:00:00+08:00")
+    covered = summarize("v1", record, NOW, False, NOW + timedelta(hours=10))
+    assert (covered.status, covered.starts_at) == ("active", None)

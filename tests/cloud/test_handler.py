@@ -1,13 +1,14 @@
 """The request handler's checks, as tables: no broker, no clock, no disk."""
 
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
-from agent.protocol import envelope, messages, topics
+from agent.protocol import calendar, envelope, messages, topics
 from agent.protocol.keys import generate_private_key, kid_for
 from cloud.handler import RequestHandler, VehicleState
-from cloud.policy import PolicyRecord
+from cloud.policy import PolicyRecord, status_of
 
 NOW = datetime(2026, 11, 25, 6, 0, tzinfo=UTC)
 VID = "vaaaaaaaaaaaaaaa1"
@@ -172,3 +173,53 @@ def test_a_vehicle_without_a_policy_is_told_unknown_not_lapsed() -> None:
     del h.policies[VID]
     reply = h.handle(*request(1), NOW)
     assert reply is not None and reply.body.status == "unknown"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("now", "start", "starts_at", "status"),
+    [
+        # A term starting on 26 Nov: 00:00 China time = 16:00 UTC on the 25th.
+        (datetime(2026, 11, 25, 15, 59, 59, tzinfo=UTC), date(2026, 11, 26), None, "pending"),
+        (datetime(2026, 11, 25, 16, 0, 0, tzinfo=UTC), date(2026, 11, 26), None, "active"),
+        # At 00:30 China time the UTC date is the 25th: still the 26th in China, covered.
+        (datetime(2026, 11, 25, 16, 30, tzinfo=UTC), date(2026, 11, 26), None, "active"),
+        # Bought after a lapse from an insurer that starts cover on payment (18:32 China).
+        (datetime(2026, 11, 25, 10, 31, tzinfo=UTC), date(2026, 11, 25),
+         datetime(2026, 11, 25, 10, 32, tzinfo=UTC), "pending"),
+        (datetime(2026, 11, 25, 10, 32, tzinfo=UTC), date(2026, 11, 25),
+         datetime(2026, 11, 25, 10, 32, tzinfo=UTC), "active"),
+    ],
+)  # fmt: skip
+def test_a_term_yet_to_begin_is_pending_until_its_start_instant(
+    now: datetime, start: date, starts_at: datetime | None, status: str
+) -> None:
+    record = policy(end=date(2027, 11, 25), coverage_start=start, starts_at=starts_at)
+    reply = make_handler(**{VID: record}).handle(*request(1), now)
+    assert reply is not None and isinstance(reply.body, messages.PolicyState)
+    assert reply.body.status == status
+    begins = starts_at or datetime(start.year, start.month, start.day, tzinfo=calendar.CHINA_TZ)
+    # The exact start instant travels while pending, and whenever it is not 00:00.
+    told = reply.body.starts_at
+    assert told == (begins if status == "pending" or starts_at is not None else None)
+
+
+def test_the_content_is_told_afresh_at_a_start_instant_within_the_day() -> None:
+    """The content cache lasts until 00:00 China time or a term's start, whichever is
+    first: a car asking a minute after an on-payment start hears ``active``."""
+    at = datetime(2026, 11, 25, 10, 32, tzinfo=UTC)
+    h = make_handler(**{VID: policy(end=date(2027, 11, 24), coverage_start=date(2026, 11, 25),
+                                    starts_at=at)})  # fmt: skip
+    before = h.handle(*request(1), at - timedelta(minutes=1))
+    after = h.handle(*request(2), at + timedelta(minutes=1))
+    assert before is not None and after is not None
+    assert [before.body.status, after.body.status] == ["pending", "active"]  # type: ignore[union-attr]
+    assert after.body.version == before.body.version + 1  # type: ignore[union-attr]
+
+
+def test_a_lapsed_term_stays_lapsed_and_a_renewal_pending_term_is_covered() -> None:
+    lapsed = policy(end=date(2026, 11, 20))
+    renewed = replace(policy(end=date(2026, 12, 20)), next_end=date(2027, 12, 20))
+    assert status_of(lapsed, NOW, 30) == "lapsed"
+    assert status_of(renewed, NOW, 30) == "renewal_pending"
+    # Once the old term ends the next one is simply in force.
+    assert status_of(renewed, datetime(2026, 12, 20, 16, 0, tzinfo=UTC), 30) == "active"

@@ -90,3 +90,15 @@ def test_a_bought_next_term_keeps_cover_continuous_and_takes_over_at_24_00() -> 
         "active", "PINGAN", date(2027, 1, 1), date(2027, 12, 31),
     )  # fmt: skip
     assert rolled.next_coverage_end is None and status_of(record, after, 30) == "lapsed"
+
+
+def test_a_state_carries_the_insurers_registered_address_when_known() -> None:
+    h = make_handler(**{VID: policy()})
+    reply = h.handle(*request(1), NOW)
+    assert reply is not None and isinstance(reply.body, messages.PolicyState)
+    assert reply.body.insurer_address == "北京市朝阳区建国门外大街2号院2号楼"  # PICC
+    h.policies[VID] = policy(insurer_code="NOBODY")
+    reply = h.handle(*request(2), NOW)
+    assert reply is not None and isinstance(reply.body, messages.PolicyState)
+    assert (reply.body.insurer_address, reply.body.claims_phone) == (None, None)  # never a guess
+    assert b"insurer_address" not in messages.encode(reply.body)

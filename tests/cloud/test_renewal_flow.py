@@ -1,9 +1,12 @@
 """The renewal flow as tables: every step, its repeats, and the refusals."""
 
+import json
+from dataclasses import replace
 from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
+from agent.protocol import calendar
 from cloud import renewal_flow as rf
 from cloud.renewal_flow import FlowError, QuoteOffer, Stage
 
@@ -74,11 +77,64 @@ def test_refusals(name: str, step: object, code: str) -> None:
 
 def test_no_gap_and_no_overlap() -> None:
     flow = rf.start("r_1", VID, ASK, OLD_END)
+    assert flow.start_day == date(2027, 1, 1)
     late = rf.quotes_ready(flow, [offer("q1", "1.00", start=date(2027, 1, 2))])
     assert late.stage is Stage.FAILED  # a quote that leaves a day uncovered is not offered
+    assert late.reason == "no_gapless_quote"
     flow = rf.bound(rf.accept(quoted(), YES, "q1", NOW), "ord_1", "https://p/1", "1.00")
     overlap = rf.paid(flow, "ord_1", date(2026, 12, 31), date(2027, 12, 30))
-    assert overlap.stage is Stage.FAILED and "not the day after" in (overlap.message or "")
+    assert overlap.stage is Stage.FAILED and overlap.reason == "overlap"
+    assert "not after 2026-12-31" in (overlap.message or "")
+
+
+def test_a_payment_after_the_old_end_is_issued_from_the_start_the_insurer_gives() -> None:
+    """Paid after the old term ended: the insurer cannot backdate, so the new term starts
+    later. The driver paid and the policy exists: it is issued, never failed or lost."""
+    flow = rf.bound(rf.accept(quoted(), YES, "q1", NOW), "ord_1", "https://p/1", "1.00")
+    issued = rf.paid(flow, "ord_1", date(2027, 1, 2), date(2028, 1, 1))
+    assert issued.stage is Stage.ISSUED and issued.new_end == date(2028, 1, 1)
+    assert issued.new_starts_at == datetime(2027, 1, 2, tzinfo=calendar.CHINA_TZ)
+
+
+def test_a_lapsed_car_takes_the_earliest_start_any_insurer_allows() -> None:
+    lapsed = rf.start("r_1", VID, ASK, date(2026, 11, 20), covered=False)
+    assert lapsed.start_day is None and lapsed.old_end == date(2026, 11, 20)
+    tomorrow, today = date(2026, 11, 26), date(2026, 11, 25)
+    midnight = offer("q1", "1215.00", start=tomorrow)
+    on_payment = replace(offer("q2", "1215.00", start=today, code="PINGAN"),
+                         start_rule="on_payment")  # fmt: skip
+    shown = rf.quotes_ready(lapsed, [midnight, on_payment])
+    # The same price everywhere: cover that starts sooner comes first.
+    assert shown.stage is Stage.QUOTES and [q.quote_id for q in shown.quotes] == ["q2", "q1"]
+    flow = rf.bound(rf.accept(shown, YES, "q2", NOW), "ord_1", "https://p/1", "1215.00")
+    at = datetime(2026, 11, 25, 6, 1, tzinfo=UTC)
+    issued = rf.paid(flow, "ord_1", today, date(2027, 11, 24), at)
+    assert (issued.stage, issued.new_starts_at) == (Stage.ISSUED, at)
+
+
+def test_never_insured_has_no_old_end_and_no_start_day() -> None:
+    flow = rf.start("r_1", VID, ASK, None, covered=True)
+    assert (flow.old_end, flow.start_day) == (None, None)
+    shown = rf.quotes_ready(flow, [offer("q1", "1310.00", start=date(2026, 11, 26))])
+    assert shown.stage is Stage.QUOTES
+
+
+def test_the_json_round_trip_keeps_every_field_and_reads_old_rows() -> None:
+    flow = rf.start("r_1", VID, ASK, date(2026, 11, 20), covered=False)
+    flow = rf.quotes_ready(flow, [replace(offer("q2", "855.00", code="PINGAN"),
+                                          start_rule="on_payment", rate_basis="A1",
+                                          tax_exemption="new_energy")])  # fmt: skip
+    flow = rf.bound(rf.accept(flow, YES, "q2", NOW), "o", "https://p/o", "855.00")
+    flow = rf.paid(flow, "o", date(2027, 1, 1), date(2027, 12, 31), NOW)
+    assert rf.from_json(rf.to_json(flow)) == flow
+    old = json.loads(rf.to_json(quoted()))
+    for key in ("start_day", "new_starts_at", "reason"):
+        del old[key]
+    for q in old["quotes"]:
+        for key in ("start_rule", "rate_basis", "tax_exemption"):
+            del q[key]
+    read = rf.from_json(json.dumps(old))
+    assert read.start_day == date(2027, 1, 1) and read.quotes[0].start_rule == "midnight"
 
 
 def test_no_quotes_fails_and_already_renewed_checks_the_sources() -> None:

@@ -25,6 +25,7 @@ from cloud.sources import (
     make_client,
     vehicle_key,
 )
+from cloud.tariff import ClaimsRecord, Vehicle
 from simulator.sources import HttpServer, Insurer, Knobs, NationalPlatform
 
 NOW = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)
@@ -265,20 +266,36 @@ async def test_a_cancelled_trial_frees_the_half_open_slot(
 # ---- insurer calls -----------------------------------------------------------
 
 
+def car(region: str = "310000", **changes: Any) -> Vehicle:
+    """A 5-seat 1.5 L petrol family car with one claim-free year (the demo's car)."""
+    claims = ClaimsRecord(first_insured=False, claim_free_years=1, at_fault_claims_last_year=0,
+                          fatal_last_year=False)  # fmt: skip
+    base: dict[str, Any] = dict(
+        region=region,
+        kind="family_car",
+        seats=5,
+        displacement_l=Decimal("1.5"),
+        fuel="petrol",
+        claims=claims,
+    )
+    return Vehicle(**(base | changes))
+
+
 async def test_quote_bind_pay_order(picc: Insurer, clock: ManualClock) -> None:
     async with client_for(picc, clock) as client, httpx.AsyncClient() as phone:
-        quote = await client.quote(PLATE, VIN, seats=5, displacement_l=1.5,
-                                   at_fault_history="none_1y", start=date(2027, 1, 1))  # fmt: skip
-        assert (quote.insurer_code, quote.start, quote.end) == (
-            "PICC", date(2027, 1, 1), date(2027, 12, 31),
+        quote = await client.quote(PLATE, VIN, car(), start=date(2027, 1, 1))
+        assert (quote.insurer_code, quote.start, quote.end, quote.start_rule) == (
+            "PICC", date(2027, 1, 1), date(2027, 12, 31), "midnight",
         )  # fmt: skip
+        # Shanghai uses scheme E: one claim-free year is -10 %, not the -30 % of scheme A.
         assert (quote.premium.ctpl, quote.premium.floating_rate, quote.premium.total) == (
-            Decimal("665.00"), Decimal("-0.30"), Decimal("1025.00"),
+            Decimal("855.00"), Decimal("-0.10"), Decimal("1215.00"),
         )  # fmt: skip
-        assert f"{quote.premium.total}" == "1025.00"
+        assert quote.premium.row == "A1" and quote.premium.tax_exemption is None
+        assert f"{quote.premium.total}" == "1215.00"
         assert quote.expires_at == NOW + timedelta(minutes=15)
         order = await client.bind(quote.quote_id, "consent-1")
-        assert order.created and order.amount == Decimal("1025.00") and order.policy is None
+        assert order.created and order.amount == Decimal("1215.00") and order.policy is None
         again = await client.bind(quote.quote_id, "consent-1")
         assert not again.created and again.order_id == order.order_id
         with pytest.raises(SourceError) as info:
@@ -298,9 +315,10 @@ async def test_quote_bind_pay_order(picc: Insurer, clock: ManualClock) -> None:
 
 async def test_an_expired_quote_is_gone(picc: Insurer, clock: ManualClock) -> None:
     async with client_for(picc, clock) as client:
-        quote = await client.quote(PLATE, VIN, seats=7, displacement_l=2.0,
-                                   at_fault_history="none_3y", start=date(2026, 12, 1))  # fmt: skip
-        assert quote.premium.total == Decimal("1000.00")  # 1100 × 0.5 + 450
+        seven = car(seats=7, displacement_l=Decimal("2.0"),
+                    claims=ClaimsRecord(False, 3, 0, False))  # fmt: skip
+        quote = await client.quote(PLATE, VIN, seven, start=date(2026, 12, 1))
+        assert quote.premium.total == Decimal("1220.00")  # 1100 × 0.7 + 450
         clock.advance(900)
         with pytest.raises(SourceError) as info:
             await client.bind(quote.quote_id, "too-late")
@@ -324,14 +342,80 @@ async def test_a_quote_that_does_not_add_up_is_invalid(clock: ManualClock) -> No
         assert isinstance(client, InsurerClient)
         async with client:
             with pytest.raises(SourceError) as info:
-                await client.quote(PLATE, VIN, seats=5, displacement_l=1.5,
-                                   at_fault_history="none_1y", start=date(2027, 1, 1))  # fmt: skip
+                await client.quote(PLATE, VIN, car(), start=date(2027, 1, 1))
             assert info.value.reason == "invalid" and "total" in str(info.value)
             sums["total"] = "1025"  # not two places
             with pytest.raises(SourceError) as info:
-                await client.quote(PLATE, VIN, seats=5, displacement_l=1.5,
-                                   at_fault_history="none_1y", start=date(2027, 1, 1))  # fmt: skip
+                await client.quote(PLATE, VIN, car(), start=date(2027, 1, 1))
             assert info.value.reason == "invalid"
+            sums["total"] = "1025.00"
+            with pytest.raises(SourceError) as info:  # not the start asked for
+                await client.quote(PLATE, VIN, car(), start=date(2027, 1, 2))
+            assert info.value.reason == "invalid" and "not 2027-01-02" in str(info.value)
+
+
+async def test_the_earliest_start_after_a_lapse_is_the_next_china_midnight(
+    picc: Insurer, clock: ManualClock
+) -> None:
+    """At 00:30 China time the UTC date is still yesterday: the start must be tomorrow in
+    China, and asking for today (00:00 already past) is refused, not backdated."""
+    clock.set_wall(datetime(2026, 12, 4, 16, 30, tzinfo=UTC))  # 00:30 on 5 Dec in China
+    async with client_for(picc, clock) as client:
+        quote = await client.quote(PLATE, VIN, car(), start=None)
+        assert (quote.start, quote.start_rule) == (date(2026, 12, 6), "midnight")
+        with pytest.raises(SourceError) as info:
+            await client.quote(PLATE, VIN, car(), start=date(2026, 12, 5))
+        assert (info.value.reason, info.value.code) == ("refused", "start_in_past")
+
+
+async def test_an_insurer_that_starts_cover_on_payment(clock: ManualClock) -> None:
+    clock.set_wall(datetime(2026, 12, 3, 10, 31, 20, tzinfo=UTC))  # 18:31:20 in China
+    async with (
+        Insurer("PINGAN", "平安产险", clock=clock, earliest_start="on_payment") as pingan,
+        client_for(pingan, clock) as client,
+        httpx.AsyncClient() as phone,
+    ):
+        quote = await client.quote(PLATE, VIN, car(), start=None)
+        assert (quote.start, quote.start_rule) == (date(2026, 12, 3), "on_payment")
+        order = await client.bind(quote.quote_id, "consent-1")
+        await phone.post(order.payment_url)
+        paid = await client.order(order.order_id)
+        assert paid.policy is not None
+        assert paid.policy.starts_at == datetime(2026, 12, 3, 10, 32, tzinfo=UTC)
+        assert (paid.policy.start, paid.policy.end) == (date(2026, 12, 3), date(2027, 12, 2))
+
+
+async def test_a_new_energy_car_pays_no_vehicle_tax_and_other_kinds_are_refused(
+    picc: Insurer, clock: ManualClock
+) -> None:
+    async with client_for(picc, clock) as client:
+        bev = await client.quote(PLATE, VIN, car(fuel="bev", displacement_l=Decimal("0")),
+                                 start=date(2027, 1, 1))  # fmt: skip
+        assert (bev.premium.vehicle_vessel_tax, bev.premium.tax_exemption) == (
+            Decimal("0.00"), "new_energy",
+        )  # fmt: skip
+        assert bev.premium.total == Decimal("855.00")
+        with pytest.raises(SourceError) as info:
+            await client.quote(PLATE, VIN, car(kind="truck"), start=date(2027, 1, 1))
+        assert (info.value.reason, info.value.code) == ("refused", "vehicle_kind_unsupported")
+
+
+async def test_the_national_platform_reports_the_vehicle_facts(clock: ManualClock) -> None:
+    async with NationalPlatform(clock=clock) as national:
+        national.add_vehicle({"vin": VIN, "plate": PLATE, "region": "110000", "seats": 7,
+                              "displacement_l": "2.0", "fuel": "phev",
+                              "claims": {"claim_free_years": 3}})  # fmt: skip
+        async with make_client(config("national", "national", national.url), clock=clock) as c:
+            found = await c.vehicle(None, VIN)  # by VIN alone: the registry gives the plate
+            assert (found.vin, found.plate) == (VIN, PLATE)
+            seven = car("110000", seats=7, displacement_l=Decimal("2.0"), fuel="phev",
+                        claims=ClaimsRecord(False, 3, 0, False))  # fmt: skip
+            assert found.vehicle == seven
+            with pytest.raises(SourceError) as info:
+                await c.vehicle(None, "LSVAM4187C2184848")
+            assert info.value.reason == "not_found"
+            national.set_knobs(malformed="wrong_vehicle")  # policies only: facts unaffected
+            assert (await c.vehicle(PLATE, None)).vehicle.region == "110000"
 
 
 # ---- the registry: every source at once, cached ------------------------------

@@ -27,6 +27,7 @@ from cloud.store import Store
 from cloud.worker import Worker
 from simulator.broker import Mosquitto, free_port
 from simulator.cars import car_config
+from simulator.fleet import synthetic_plate, synthetic_vin, vehicle_facts
 from simulator.sources import Insurer, NationalPlatform
 
 from ..cloud.conftest import start_worker
@@ -78,6 +79,8 @@ async def world(own_pki: DevPki, own_broker: Mosquitto, tmp_path: Path) -> Async
         )
         for code, name in (("PICC", "中国人保财险"), ("PINGAN", "平安产险"))
     }  # fmt: skip
+    for i, _ in enumerate(own_pki.vids()):  # what premiums are priced by
+        national.add_vehicle(vehicle_facts(i, synthetic_vin(i), synthetic_plate(i)))
     async with national, insurers["PICC"], insurers["PINGAN"]:
         w = World(own_pki, own_broker, tmp_path / "cloud.db", api_port, national, insurers,
                   None, None)  # type: ignore[arg-type]  # fmt: skip
@@ -220,6 +223,46 @@ async def test_a_consent_for_a_quote_never_offered_is_refused_and_binds_nothing(
     finally:
         await stop(agent, task)
     assert all(i.orders == {} for i in world.insurers.values())
+
+
+async def test_a_quote_off_the_uniform_tariff_is_never_shown(world: World, tmp_path: Path) -> None:
+    """CTPL costs the same at every insurer: the cloud prices the car itself (Shanghai, one
+    year without claims: 855.00 + 360.00 tax) and drops a quote that differs."""
+    world.insurers["PINGAN"].set_knobs(ctpl_surcharge_cny=100)
+    agent, task = await running_agent(world, 2, tmp_path)
+    try:
+        await agent.request_renewal("quote")
+        await until(lambda: agent.renewal is not None and agent.renewal.stage == "quotes",
+                    "the quotes")  # fmt: skip
+        assert agent.renewal is not None
+        assert [(q.insurer_code, q.ctpl, q.total) for q in agent.renewal.quotes] == [
+            ("PICC", "855.00", "1215.00")
+        ]
+    finally:
+        await stop(agent, task)
+    assert world.worker.renewals is not None
+    assert world.worker.renewals.counters["quote.off_tariff.PINGAN"] == 1
+
+
+async def test_a_vehicle_the_tariff_does_not_price_fails_with_a_code_the_car_words(
+    world: World, tmp_path: Path
+) -> None:
+    """A taxi (营业客车) is not priced here: no insurer is asked, the car is told why."""
+    world.national.add_vehicle(vehicle_facts(2, synthetic_vin(2), synthetic_plate(2)) |
+                               {"kind": "taxi"})  # fmt: skip
+    agent, task = await running_agent(world, 2, tmp_path)
+    try:
+        await agent.request_renewal("quote")
+        await until(lambda: agent.renewal is not None and agent.renewal.stage == "failed",
+                    "the refusal")  # fmt: skip
+        assert agent.renewal is not None and agent.renewal.reason == "vehicle_kind_unsupported"
+        shown = agent.head_unit.snapshot()["renewal"]
+        assert shown["texts"]["zh-CN"]["detail"] == (
+            "本车车型暂不支持在车上续保，请直接联系保险公司办理。"
+        )
+    finally:
+        await stop(agent, task)
+    assert all(i.hits["POST /v1/quotes"] == 0 for i in world.insurers.values())
 
 
 async def test_webhooks_with_a_bad_signature_or_an_unknown_order_are_refused_and_counted(

@@ -10,7 +10,6 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
-from decimal import Decimal
 from typing import Any
 
 import httpx
@@ -21,7 +20,7 @@ from fastapi.responses import Response
 from agent.protocol.clock import ManualClock
 from cloud.webhooks import order_paid, verify
 from simulator.sources import HttpServer, Insurer, NationalPlatform, ThirdPartyPlatform
-from simulator.sources.premium import premium_for, term_for
+from simulator.sources.premium import term_for
 
 NOW = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)  # 10:00 in China
 VIN = "LSVAM4187C2184847"
@@ -32,10 +31,18 @@ T = 10.0
 
 def ask(**changes: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
-        "plate": PLATE, "vin": VIN, "seats": 5, "use": "private", "displacement_l": 1.5,
-        "at_fault_history": "none_1y", "start": "2027-01-01",
+        "plate": PLATE, "vin": VIN, "region": "310000", "kind": "family_car", "seats": 5,
+        "displacement_l": "1.5", "fuel": "petrol",
+        "claims": {"first_insured": False, "claim_free_years": 1, "at_fault_claims_last_year": 0,
+                   "fatal_last_year": False},
+        "start": "2027-01-01",
     }  # fmt: skip
     return body | changes
+
+
+def claims(free: int = 1, claims_: int = 0, fatal: bool = False, first: bool = False) -> Any:
+    return {"first_insured": first, "claim_free_years": free,
+            "at_fault_claims_last_year": claims_, "fatal_last_year": fatal}  # fmt: skip
 
 
 @pytest.fixture
@@ -62,34 +69,22 @@ async def http() -> AsyncIterator[httpx.AsyncClient]:
         yield c
 
 
-# ---- premium arithmetic (pure) -----------------------------------------------
+# ---- the premium every insurer quotes (cloud.tariff, tested in tests/cloud) ----
 
 PREMIUMS = [
-    # seats, litres, history, base, rate, ctpl, tax, total
-    (5, 1.5, "none_1y", "950", "-0.30", "665.00", "360", "1025.00"),
-    (5, 1.0, "none_2y", "950", "-0.40", "570.00", "180", "750.00"),
-    (5, 1.001, "none_3y", "950", "-0.50", "475.00", "360", "835.00"),
-    (5, 1.6, "one_claim", "950", "0.00", "950.00", "360", "1310.00"),
-    (5, 1.61, "two_plus_claims", "950", "0.10", "1045.00", "450", "1495.00"),
-    (5, 2.0, "fatal", "950", "0.30", "1235.00", "450", "1685.00"),
-    (5, 2.5, "new_vehicle", "950", "0.00", "950.00", "720", "1670.00"),
-    (6, 3.0, "none_1y", "1100", "-0.30", "770.00", "1800", "2570.00"),
-    (7, 4.0, "fatal", "1100", "0.30", "1430.00", "3000", "4430.00"),
-    (9, 4.2, "none_3y", "1100", "-0.50", "550.00", "4500", "5050.00"),
-    (2, 0.8, "two_plus_claims", "950", "0.10", "1045.00", "180", "1225.00"),
-]
-
-
-@pytest.mark.parametrize(("seats", "litres", "history", "base", "rate", "ctpl", "tax", "total"),
-                         PREMIUMS)  # fmt: skip
-def test_premium_table(
-    seats: int, litres: float, history: str, base: str, rate: str, ctpl: str, tax: str, total: str
-) -> None:
-    p = premium_for(seats, "private", litres, history)
-    assert (p.base, p.floating_rate, p.ctpl, p.vehicle_vessel_tax, p.total) == (
-        Decimal(base), Decimal(rate), Decimal(ctpl), Decimal(tax), Decimal(total),
-    )  # fmt: skip
-    assert p.wire()["total"] == total
+    # region, seats, litres, fuel, claims, row, rate, ctpl, tax, total
+    ("310000", 5, "1.5", "petrol", claims(1), "A1", "-0.10", "855.00", "360.00", "1215.00"),
+    ("310000", 5, "1.0", "petrol", claims(2), "A2", "-0.20", "760.00", "180.00", "940.00"),
+    ("310000", 5, "1.6", "petrol", claims(0, 1), "A4", "0.00", "950.00", "360.00", "1310.00"),
+    ("310000", 7, "2.0", "petrol", claims(0, 0, True), "A6", "0.30", "1430.00", "450.00",
+     "1880.00"),
+    ("310000", 5, "0.0", "bev", claims(0, first=True), "new", "0.00", "950.00", "0.00",
+     "950.00"),
+    ("110000", 5, "1.5", "petrol", claims(1), "A1", "-0.15", "807.50", "420.00", "1227.50"),
+    ("440300", 5, "2.0", "petrol", claims(3), "A3", "-0.30", "665.00", "420.00", "1085.00"),
+    ("150000", 5, "0.0", "bev", claims(1), "A1", "-0.30", "665.00", "0.00", "665.00"),
+    ("610000", 5, "1.5", "phev", claims(2), "A2", "-0.35", "617.50", "0.00", "617.50"),
+]  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -106,31 +101,33 @@ def test_term_is_one_year_less_a_day(start: date, end: date) -> None:
     assert term_for(start) == (start, end)
 
 
-@pytest.mark.parametrize(
-    "bad", [(5, "commercial", 1.5, "none_1y"), (0, "private", 1.5, "none_1y"),
-            (5, "private", 0, "none_1y"), (5, "private", 1.5, "none_9y")],
-)  # fmt: skip
-def test_what_cannot_be_quoted(bad: tuple[int, str, float, str]) -> None:
-    with pytest.raises(ValueError):
-        premium_for(*bad)
-
-
 # ---- quotes over HTTP --------------------------------------------------------
 
 
-async def test_quotes_over_http_follow_the_table(picc: Insurer, http: httpx.AsyncClient) -> None:
-    for seats, litres, history, base, rate, ctpl, tax, total in PREMIUMS:
-        body = ask(seats=seats, displacement_l=litres, at_fault_history=history)
+async def test_quotes_over_http_follow_the_regional_tariff(
+    picc: Insurer, http: httpx.AsyncClient
+) -> None:
+    for region, seats, litres, fuel, record, row, rate, ctpl, tax, total in PREMIUMS:
+        body = ask(region=region, seats=seats, displacement_l=litres, fuel=fuel, claims=record)
         r = await http.post(f"{picc.url}/v1/quotes", json=body)
         assert r.status_code == 201, r.text
         q = r.json()
-        assert q["premium"] == {
-            "currency": "CNY", "base": f"{Decimal(base):.2f}", "floating_rate": rate,
-            "ctpl": ctpl, "vehicle_vessel_tax": f"{Decimal(tax):.2f}", "total": total,
-        }  # fmt: skip
+        p = q["premium"]
+        assert (p["row"], p["floating_rate"], p["ctpl"], p["vehicle_vessel_tax"], p["total"]) == (
+            row, rate, ctpl, tax, total,
+        ), region  # fmt: skip
+        assert p["tax_exemption"] == ("new_energy" if fuel in ("bev", "phev") else None)
         assert (q["insurer_code"], q["insurer_name"]) == ("PICC", "中国人保财险")
-        assert (q["start"], q["end"]) == ("2027-01-01", "2027-12-31")
+        assert (q["start"], q["end"], q["start_rule"]) == ("2027-01-01", "2027-12-31", "midnight")
         assert datetime.fromisoformat(q["expires_at"]) == NOW + timedelta(minutes=15)
+
+
+async def test_a_surcharge_knob_quotes_off_the_tariff(
+    picc: Insurer, http: httpx.AsyncClient
+) -> None:
+    picc.set_knobs(ctpl_surcharge_cny=100)
+    r = await http.post(f"{picc.url}/v1/quotes", json=ask())
+    assert (r.json()["premium"]["ctpl"], r.json()["premium"]["total"]) == ("955.00", "1315.00")
 
 
 async def test_a_29_february_start(http: httpx.AsyncClient) -> None:
@@ -145,9 +142,14 @@ async def test_a_29_february_start(http: httpx.AsyncClient) -> None:
     ("changes", "code"),
     [
         ({"start": "2026-11-24"}, "start_in_past"),
+        ({"start": "2026-11-25"}, "start_in_past"),  # 00:00 today is past: not backdated
         ({"start": "2027-03-01"}, "too_early"),  # more than 90 days ahead
-        ({"use": "commercial"}, "bad_request"),
-        ({"at_fault_history": "none_9y"}, "bad_request"),
+        ({"kind": "taxi"}, "vehicle_kind_unsupported"),
+        ({"region": "990000"}, "region_unsupported"),
+        ({"region": "150000"}, "tax_table_missing"),  # a petrol car in Inner Mongolia
+        ({"claims": claims(0)}, "bad_facts"),
+        ({"displacement_l": 1.5}, "bad_request"),
+        ({"use": "private"}, "bad_request"),
         ({"seats": "five"}, "bad_request"),
         ({"vin": "LSVAM4187C218484"}, "bad_request"),
         ({"extra": 1}, "bad_request"),
@@ -180,7 +182,7 @@ async def test_binding_is_idempotent(picc: Insurer, http: httpx.AsyncClient) -> 
     first = await bind(picc, http, qid, "key-1")
     assert first.status_code == 201
     order = first.json()
-    assert order["amount"] == "1025.00" and order["currency"] == "CNY"
+    assert order["amount"] == "1215.00" and order["currency"] == "CNY"
     assert order["status"] == "awaiting_payment" and order["quote_id"] == qid
     assert order["payment_url"] == f"{picc.url}/pay/{order['order_id']}"
     again = await bind(picc, http, qid, "key-1")
@@ -243,10 +245,10 @@ async def test_paying_twice_charges_once_and_issues_one_policy(
 async def test_the_payment_page(picc: Insurer, http: httpx.AsyncClient) -> None:
     order = (await bind(picc, http, await quote_id(picc, http), "page")).json()
     page = await http.get(order["payment_url"])
-    assert page.headers["content-type"].startswith("text/html") and "1025.00" in page.text
+    assert page.headers["content-type"].startswith("text/html") and "1215.00" in page.text
     assert "<form" in page.text
     done = await http.post(order["payment_url"])
-    assert "Paid" in done.text and picc.orders[order["order_id"]].charges == 1
+    assert "支付成功" in done.text and picc.orders[order["order_id"]].charges == 1
 
 
 async def test_cancellation_reaches_the_national_platform_late(
