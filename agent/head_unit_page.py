@@ -33,6 +33,8 @@ header { display: flex; align-items: center; gap: 0.6em; padding: 0.45em 0.6em;
   background: var(--grey); }
 .status[data-status="covered"] .icon { background: var(--ok); }
 .status[data-status="expiring"] .icon { background: var(--warn); }
+.status[data-status="pending"] .icon { background: var(--bad); }
+.status[data-status="pending"] .headline { color: var(--bad); }
 .status[data-status="lapsed"] .icon, .status[data-status="mismatch"] .icon {
   background: var(--bad); }
 .headline { font-size: 1.25em; font-weight: 700; white-space: nowrap; overflow: hidden;
@@ -57,11 +59,11 @@ button.primary { background: var(--warn); border-color: var(--warn); color: #000
 .stale { background: #3d2e00; color: var(--warn); border-bottom: 2px solid var(--warn);
   padding: 0.3em 0.8em; font-size: 0.8em; font-weight: 600; }
 main { display: grid; gap: 0.6em; padding: 0.6em; min-height: 0; }
-main.prompting { grid-template-columns: 1fr; }
-main.prompting .card { display: none; }
+main.prompting, main.renewing { grid-template-columns: 1fr; }
+main.prompting .card, main.renewing .card { display: none; }
 @media (min-width: 1100px) {
-  main.prompting { grid-template-columns: 3fr 2fr; }
-  main.prompting .card { display: block; }
+  main.prompting, main.renewing { grid-template-columns: 3fr 2fr; }
+  main.prompting .card, main.renewing .card { display: block; }
 }
 .card, .prompt { background: var(--panel); border: 2px solid var(--line); border-radius: 18px;
   padding: 0.6em 0.9em; min-height: 0; overflow: hidden; }
@@ -69,9 +71,7 @@ main.prompting .card { display: none; }
 .card dl { display: grid; grid-template-columns: max-content 1fr; gap: 0.25em 1em; margin: 0; }
 .card dt { color: var(--dim); }
 .card dd { margin: 0; font-weight: 700; overflow-wrap: break-word; min-width: 0; }
-main.prompting .card dl { grid-template-columns: 1fr; gap: 0; }
-main.prompting .card dd { margin-bottom: 0.3em; }
-main.prompting .card dt { font-size: 0.8em; }
+main.prompting .card, main.renewing .card { font-size: 0.66em; }
 .empty { color: var(--dim); align-self: center; justify-self: center; text-align: center; }
 .prompt { border: 3px solid var(--warn); display: flex; flex-direction: column; gap: 0.4em; }
 .prompt p { margin: 0; }
@@ -83,8 +83,14 @@ main.prompting .card dt { font-size: 0.8em; }
 .renewal { background: var(--panel); border: 3px solid var(--ok); border-radius: 18px;
   padding: 0.6em 0.9em; display: flex; flex-direction: column; gap: 0.4em; }
 .renewal h2 { margin: 0; font-size: 1.15em; }
+.renewal p { margin: 0; }
+.rate { color: var(--dim); font-size: 0.8em; }
 .quotes { display: grid; gap: 0.45em; }
-.quotes button { text-align: left; }
+.quotes button { text-align: left; display: flex; flex-direction: column; gap: 0.1em;
+  padding: 0.3em 0.7em; }
+.q-head { font-size: 1em; }
+.q-when { font-size: 0.75em; font-weight: 600; color: var(--ok); }
+.q-price { font-size: 0.8em; font-weight: 600; color: var(--dim); }
 .qr { display: flex; gap: 0.8em; align-items: center; }
 .qr img { width: 11em; height: 11em; background: #fff; border-radius: 8px; }
 """
@@ -92,17 +98,17 @@ main.prompting .card dt { font-size: 0.8em; }
 SCRIPT: Final = """
 "use strict";
 const UI = {
-  "zh-CN": { online: "在线", offline: "离线", moving: "行驶中", parked: "已停车",
+  "zh-CN": { online: "在线", offline: "离线", moving: "行驶中", parked: "未行驶",
     off: "已熄火", connecting: "正在连接网关…", unreachable: "无法连接网关",
     updated: "最后更新", toggle: "English", noCard: "暂无已核验的电子保单",
-    failed: "未能发送，请重试" },
-  "en": { online: "Online", offline: "Offline", moving: "Moving", parked: "Parked",
+    failed: "未能发送，请重试", title: "交强险", qr: "支付二维码" },
+  "en": { online: "Online", offline: "Offline", moving: "Moving", parked: "Stopped",
     off: "Ignition off", connecting: "Connecting to the gateway…",
     unreachable: "Gateway unreachable", updated: "Last updated", toggle: "中文",
     noCard: "No verified e-policy yet", failed: "Not sent, please try again",
-    premium: "CTPL", tax: "vehicle tax", total: "total" },
+    title: "CTPL", qr: "Payment QR code" },
 };
-const ICONS = { covered: "✓", expiring: "!", lapsed: "✕", mismatch: "✕",
+const ICONS = { covered: "✓", expiring: "!", lapsed: "✕", pending: "!", mismatch: "✕",
   unknown: "?", unverified: "?" };
 const ORDER = ["accept", "snooze_trip", "snooze_day", "dismiss", "already_renewed"];
 const POLL_MS = 3000;
@@ -118,6 +124,7 @@ let pending = false;
 let failed = false;
 let source = null;
 let pollTimer = null;
+let applied = 0;
 
 function lang() {
   if (chosen) return chosen;
@@ -137,6 +144,7 @@ function render() {
   const l = lang();
   const ui = UI[l];
   document.documentElement.lang = l;
+  if (document.title !== ui.title) document.title = ui.title;
   text($("lang-toggle"), ui.toggle);
   const stale = $("stale");
   if (!reachable) {
@@ -149,7 +157,7 @@ function render() {
   if (!snap) return;
   const status = $("status");
   status.dataset.status = snap.status;
-  const st = (snap.texts && snap.texts[l]) || { headline: snap.status, detail: "" };
+  const st = (snap.texts && snap.texts[l]) || { headline: "", detail: "" };
   text($("status-icon"), ICONS[snap.status] || "?");
   text($("status-headline"), st.headline);
   text($("status-detail"), st.detail || "");
@@ -169,20 +177,36 @@ function render() {
 function renderRenewal(l, ui, moving) {
   const r = snap.renewal;
   const box = $("renewal");
-  box.hidden = !r || moving;
-  if (!r || moving) return;
+  // A prompt on screen comes first: the renewal shows again once it is answered.
+  const show = Boolean(r) && !moving && $("prompt").hidden;
+  box.hidden = !show;
+  $("main").classList.toggle("renewing", show);
+  if (!show) return;
   box.dataset.stage = r.stage;
   const t = r.texts[l];
   text($("renewal-headline"), t.headline);
   text($("renewal-detail"), t.detail || "");
   const list = document.createDocumentFragment();
-  if (r.stage === "quotes") {
+  const quoting = r.stage === "quotes" && r.quotes.length > 0;
+  const rate = $("renewal-rate");
+  rate.hidden = !quoting;
+  if (quoting) text(rate, r.quotes[0].texts[l].rate || "");
+  if (quoting) {
     for (const q of r.quotes) {
+      const qt = q.texts[l];
       const b = document.createElement("button");
       b.type = "button";
       b.dataset.testid = "quote-" + q.quote_id;
-      b.textContent = q.insurer + " · " + ui.total + " ¥" + q.total + " (" + ui.premium +
-        " ¥" + q.ctpl + " + " + ui.tax + " ¥" + q.vehicle_vessel_tax + ")";
+      const head = document.createElement("span");
+      head.className = "q-head";
+      head.textContent = [qt.insurer, qt.service].filter(Boolean).join(" · ");
+      const when = document.createElement("span");
+      when.className = "q-when";
+      when.textContent = qt.starts;
+      const price = document.createElement("span");
+      price.className = "q-price";
+      price.textContent = qt.price;
+      b.append(head, when, price);
       b.disabled = pending;
       b.addEventListener("click", () => choose(q.quote_id));
       list.append(b);
@@ -190,6 +214,7 @@ function renderRenewal(l, ui, moving) {
   }
   $("quotes").replaceChildren(list);
   const qr = $("payment-qr");
+  if (qr.alt !== ui.qr) qr.alt = ui.qr;
   const paying = r.stage === "awaiting_payment" && Boolean(r.payment_qr);
   $("payment").hidden = !paying;
   if (paying && qr.getAttribute("src") !== r.payment_qr) qr.setAttribute("src", r.payment_qr);
@@ -257,6 +282,7 @@ function renderCard(l, ui) {
 
 function apply(s) {
   if (!s || typeof s !== "object") return;
+  applied += 1;
   snap = s;
   lastAt = new Date();
   reachable = true;
@@ -265,10 +291,12 @@ function apply(s) {
 }
 
 async function poll() {
+  const asked = applied;
   try {
     const r = await fetch("/api/state", { cache: "no-store" });
     if (!r.ok) throw new Error("HTTP " + r.status);
-    apply(await r.json());
+    const s = await r.json();
+    if (applied === asked) apply(s);  // else a newer snapshot came meanwhile: keep it
   } catch (e) {
     reachable = false;
     render();
@@ -347,7 +375,7 @@ _DOCUMENT: Final = """<!doctype html>
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
-<title>交强险 · CTPL</title>
+<title>交强险</title>
 <link rel="icon" href="data:,">
 <style>@STYLE@</style>
 </head>
@@ -387,9 +415,10 @@ _DOCUMENT: Final = """<!doctype html>
   <section id="renewal" class="renewal" data-testid="renewal" hidden>
     <h2 id="renewal-headline" data-testid="renewal-headline"></h2>
     <p id="renewal-detail" data-testid="renewal-detail"></p>
+    <p id="renewal-rate" class="rate" data-testid="renewal-rate" hidden></p>
     <div id="quotes" class="quotes" data-testid="quotes"></div>
     <div id="payment" class="qr" data-testid="payment" hidden>
-      <img id="payment-qr" data-testid="payment-qr" alt="QR">
+      <img id="payment-qr" data-testid="payment-qr" alt="">
     </div>
   </section>
   <section id="card" class="card" data-testid="card" aria-labelledby="card-title" hidden>

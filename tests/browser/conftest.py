@@ -27,6 +27,7 @@ from agent.protocol.messages import (
     IntentReceipt,
     PolicyState,
     RenewalRequest,
+    RenewalUpdate,
     StatusRequest,
     VehicleEvent,
 )
@@ -129,6 +130,21 @@ class Cloud:
         )
         self._publish("policy", state)
 
+    def push_state(self, state: PolicyState) -> None:
+        """Make ``state`` the car's state (a newer version) and push it, unsolicited."""
+        self.seq += 1
+        self.state = replace(state, version=self.state.version + 1)
+        now = datetime.now(UTC)
+        pushed = replace(self.state, seq=self.seq, issued_at=now, reply_to=None,
+                         fresh_until=min(self.state.fresh_until, now + timedelta(days=7)),
+                         verified_at=now)  # fmt: skip
+        self._publish("policy", pushed)
+
+    def push_renewal(self, update: RenewalUpdate) -> None:
+        """Send the car a renewal update (quotes, payment link, result) under a fresh seq."""
+        self.seq += 1
+        self._publish("renewal", replace(update, seq=self.seq, issued_at=datetime.now(UTC)))
+
     def _receipt(self, request: RenewalRequest | VehicleEvent) -> None:
         self.seq += 1
         receipt = IntentReceipt(
@@ -193,6 +209,16 @@ class Car:
 @pytest_asyncio.fixture(loop_scope="module")
 async def car(own_pki: DevPki, own_broker: Mosquitto, tmp_path: Path) -> AsyncIterator[Car]:
     """A real Agent (simulated bus, parked, ignition on) verified by the cloud: prompt due."""
+    async with a_car(own_pki, own_broker, tmp_path) as running_car:
+        yield running_car
+
+
+@contextlib.asynccontextmanager
+async def a_car(
+    own_pki: DevPki, own_broker: Mosquitto, tmp_path: Path, **changes: Any
+) -> AsyncIterator[Car]:
+    """A real Agent (simulated bus, parked, ignition on) that the cloud verified with
+    ``expiring_state`` (the d15 prompt on screen); ``changes`` change its AgentConfig."""
     vid = own_pki.vids()[0]
     car_dir = own_pki.car_dir(vid)
     fake = FakeCloud(own_pki, own_broker, asyncio.get_running_loop())
@@ -216,6 +242,7 @@ async def car(own_pki: DevPki, own_broker: Mosquitto, tmp_path: Path) -> AsyncIt
         head_unit_port=0,
         bus_poll_s=0.05,
     )
+    config = replace(config, **changes)
     bus = SimulatedBus(vin=VIN)
     agent = Agent(config, bus=bus)
     try:

@@ -168,7 +168,7 @@ async def test_the_language_toggle_switches_every_text(car: Car, screen: Screen)
         await expect(page.get_by_test_id(f"answer-{answer}")).to_have_text(en[answer])
     await expect(page.get_by_test_id("card-title")).to_have_text("CTPL e-policy")
     await expect(page.get_by_test_id("online")).to_have_text("Online")
-    await expect(page.get_by_test_id("moving")).to_have_text("Parked")
+    await expect(page.get_by_test_id("moving")).to_have_text("Stopped")
     await expect(page.get_by_test_id("status-detail")).to_contain_text("10 days left")
     await expect(toggle).to_have_text("中文")
 
@@ -176,7 +176,7 @@ async def test_the_language_toggle_switches_every_text(car: Car, screen: Screen)
     await expect(page.locator("html")).to_have_attribute("lang", "zh-CN")
     await expect(page.get_by_test_id("prompt-title")).to_have_text(zh["title"])
     await expect(page.get_by_test_id("answer-dismiss")).to_have_text(zh["dismiss"])
-    await expect(page.get_by_test_id("status-detail")).to_contain_text("剩余10天")
+    await expect(page.get_by_test_id("status-detail")).to_contain_text("还剩10天")
 
 
 async def test_the_page_polls_when_events_fail_and_keeps_the_last_state_unreachable(
