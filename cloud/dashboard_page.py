@@ -5,6 +5,12 @@ No external assets. The fleet id and operator token come in the URL fragment
 wiped from the address bar; without them a small form asks. The page reads the live
 stream ``GET /v1/fleets/{id}/events`` with fetch() (EventSource cannot send a bearer
 token), reconnecting with backoff, and calls the refresh and bulk-renewal routes.
+
+Two languages, zh-CN (the default) and en, toggled in the header and remembered in
+sessionStorage: every visible text comes from the script's ``UI`` table (the document's
+own elements name their text by ``data-t``); an unknown status, alert kind or outcome from
+the API shows the table's generic word, never the raw key. Dates and times are China time
+(UTC+8) whatever the browser's zone.
 ``headers()`` carries a CSP that allows exactly its one inline style and script by SHA-256.
 """
 
@@ -14,87 +20,190 @@ from typing import Final
 
 STYLE: Final = """
 :root { --bg: #f4f6f9; --panel: #ffffff; --line: #d8dee6; --fg: #17202b; --dim: #5b6776;
-  --active: #1f9d55; --expiring: #d98b00; --lapsed: #d64545; --renewal_pending: #2f6fd6;
-  --unknown: #7a8594; --revoked: #444c57; }
+  --active: #1f9d55; --expiring: #d98b00; --pending: #dd6420; --lapsed: #d64545;
+  --renewal_pending: #2f6fd6; --unknown: #7a8594; --revoked: #444c57; }
 * { box-sizing: border-box; }
 [hidden] { display: none !important; }
 body { margin: 0; background: var(--bg); color: var(--fg); font: 14px/1.4 "Noto Sans CJK SC",
-  "PingFang SC", "Microsoft YaHei", "DejaVu Sans", "Liberation Sans", sans-serif; }
+  "Source Han Sans SC", "PingFang SC", "Microsoft YaHei", "WenQuanYi Micro Hei",
+  "DejaVu Sans", "Liberation Sans", sans-serif; }
 header { display: flex; align-items: center; gap: 12px; padding: 10px 20px;
   background: #17202b; color: #fff; }
-header h1 { font-size: 18px; margin: 0; flex: 1; }
-header .fleet { color: #b9c4d2; font-family: monospace; }
-.conn { border-radius: 999px; padding: 2px 10px; font-size: 12px; background: #5b6776; }
+header h1 { font-size: 18px; margin: 0; flex: 1; min-width: 0; }
+header .fleet { color: #b9c4d2; font-family: monospace; margin-left: 6px; }
+.conn { border-radius: 999px; padding: 2px 10px; font-size: 12px; background: #5b6776;
+  white-space: nowrap; }
 .conn[data-state="live"] { background: var(--active); }
 .conn[data-state="reconnecting"] { background: var(--expiring); }
 .conn[data-state="refused"] { background: var(--lapsed); }
 button { font: inherit; border: 1px solid var(--line); background: #fff; border-radius: 6px;
-  padding: 4px 10px; cursor: pointer; }
+  padding: 4px 10px; cursor: pointer; white-space: nowrap; }
 button.primary { background: #2f6fd6; border-color: #2f6fd6; color: #fff; }
 button:disabled { opacity: 0.5; cursor: default; }
 header button { background: transparent; color: #fff; border-color: #5b6776; }
 main { padding: 16px 20px; display: grid; gap: 16px;
-  grid-template-columns: minmax(0, 1fr) 290px; grid-template-areas:
+  grid-template-columns: minmax(0, 1fr) 280px; grid-template-areas:
   "tiles tiles" "timeline alerts" "table alerts"; }
 .panel { background: var(--panel); border: 1px solid var(--line); border-radius: 8px;
   padding: 12px 14px; min-width: 0; }
 .panel h2 { font-size: 14px; margin: 0 0 8px; color: var(--dim); font-weight: 600; }
-#tiles { grid-area: tiles; display: grid; grid-template-columns: repeat(6, 1fr); gap: 12px; }
+#tiles { grid-area: tiles; display: grid; grid-template-columns: repeat(7, minmax(0, 1fr));
+  gap: 12px; }
 .tile { background: var(--panel); border: 1px solid var(--line); border-left: 5px solid;
-  border-radius: 8px; padding: 8px 12px; }
+  border-radius: 8px; padding: 8px 12px; min-width: 0; }
 .tile .n { font-size: 26px; font-weight: 700; }
-#tile-active { border-left-color: var(--active); }
-#tile-expiring { border-left-color: var(--expiring); }
-#tile-lapsed { border-left-color: var(--lapsed); }
-#tile-renewal_pending { border-left-color: var(--renewal_pending); }
-#tile-unknown { border-left-color: var(--unknown); }
-#tile-revoked { border-left-color: var(--revoked); }
 .tile .label { color: var(--dim); font-size: 12px; }
 #timeline { grid-area: timeline; }
-.bars { display: flex; align-items: flex-end; gap: 6px; height: 90px; }
-.bar { flex: 1; display: flex; flex-direction: column; justify-content: flex-end;
+.bars { display: flex; align-items: flex-end; gap: 6px; height: 104px; }
+.bar { flex: 1; min-width: 0; display: flex; flex-direction: column; justify-content: flex-end;
   align-items: center; height: 100%; font-size: 11px; color: var(--dim); }
+.bar.lapsed { flex: 2; }
 .bar .fill { width: 100%; background: var(--expiring); border-radius: 3px 3px 0 0;
   min-height: 1px; }
 .bar.lapsed .fill { background: var(--lapsed); }
-.bar .wk { margin-top: 3px; }
+.bar .wk { margin-top: 3px; min-height: 2.6em; line-height: 1.3; text-align: center;
+  max-width: 100%; }
 #alerts { grid-area: alerts; max-height: 640px; overflow: auto; }
 #alerts ol { list-style: none; margin: 0; padding: 0; display: grid; gap: 8px; }
 #alerts li { border-left: 4px solid var(--lapsed); padding: 4px 8px; background: #fbf5f5; }
 #alerts li[data-kind="expiring_no_renewal"], #alerts li[data-kind="offline_and_expiring"] {
   border-color: var(--expiring); background: #fdf8ef; }
 #alerts .when, #alerts .what { color: var(--dim); font-size: 12px; }
+#alerts .what span { white-space: nowrap; }
 #vehicles { grid-area: table; overflow: auto; }
 .tools { display: flex; gap: 10px; align-items: center; margin-bottom: 8px; flex-wrap: wrap; }
 .tools label { color: var(--dim); font-size: 12px; }
 select, input { font: inherit; padding: 3px 6px; border: 1px solid var(--line);
   border-radius: 6px; }
 table { border-collapse: collapse; width: 100%; }
-th, td { text-align: left; padding: 5px 6px; border-bottom: 1px solid var(--line);
+th, td { text-align: left; padding: 5px; border-bottom: 1px solid var(--line);
   white-space: nowrap; }
+td .sub { color: var(--dim); font-size: 12px; }
 td button { font-size: 12px; padding: 2px 8px; }
 th { color: var(--dim); font-weight: 600; font-size: 12px; }
-td.vid { font-family: monospace; }
-.badge { border-radius: 999px; padding: 1px 8px; color: #fff; font-size: 12px; }
+.vid { font-family: monospace; }
+.badge { display: inline-block; border-radius: 999px; padding: 1px 8px; color: #fff;
+  font-size: 12px; white-space: nowrap; }
+.starts { color: var(--pending); font-size: 12px; font-weight: 600; margin-top: 2px; }
 .dim { color: var(--dim); }
-#message { min-height: 1.4em; color: var(--dim); }
+#message { flex-basis: 100%; min-height: 1.4em; color: var(--dim); }
 #login { max-width: 420px; margin: 60px auto; display: grid; gap: 10px; }
+@media (max-width: 1199px) {
+  /* The table takes the full width; the alerts, as tall as the timeline beside them, scroll. */
+  main { grid-template-areas: "tiles tiles" "timeline alerts" "table table"; }
+  #alerts { contain: size; }
+}
 """
 
-SCRIPT: Final = """
+SCRIPT: Final = r"""
 "use strict";
-const STATUSES = ["active", "expiring", "lapsed", "renewal_pending", "unknown", "revoked"];
-const LABELS = { active: "Active 有效", expiring: "Expiring 即将到期", lapsed: "Lapsed 已脱保",
-  renewal_pending: "Renewing 续保中", unknown: "Unknown 未知", revoked: "Revoked 已注销" };
-const KINDS = { lapsed_while_driving: "Driving while lapsed 脱保行驶",
-  expiring_no_renewal: "Expiring, no renewal 即将到期未续保",
-  offline_and_expiring: "Offline and expiring 离线且即将到期",
-  vin_mismatch: "VIN mismatch 车架号不符" };
-const COLORS = { active: "#1f9d55", expiring: "#d98b00", lapsed: "#d64545",
-  renewal_pending: "#2f6fd6", unknown: "#7a8594", revoked: "#444c57" };
+const STATUSES = ["active", "expiring", "lapsed", "pending", "renewal_pending", "unknown",
+  "revoked"];
+const LINKS = ["online", "offline", "unknown"];
+const UI = {
+  "zh-CN": {
+    title: "车队交强险看板", heading: "车队交强险", toggle: "English", signOut: "退出",
+    conn: { connecting: "连接中", live: "实时", reconnecting: "重连中",
+      refused: "已拒绝（{status}）" },
+    login: { title: "打开车队", fleet: "车队编号", token: "操作员令牌", open: "打开",
+      refused: "车队编号或令牌被拒绝（{status}）" },
+    tiles: "按状态统计车辆", timeline: "未来12周到期分布（未续保）",
+    uninsured: "已脱保/待生效", week: "第{n}周", barTitle: "{n}辆",
+    filters: { status: "状态", link: "连接", withinPre: "剩余不超过", withinPost: "天",
+      any: "全部" },
+    shown: "显示", refresh: "刷新", renew: "批量续保", select: "选择 {vid}",
+    columns: { vehicle: "车辆", status: "状态", insurer: "保险公司", end: "保障至",
+      days: "剩余天数", link: "连接 · 最近在线", age: "数据时效" },
+    alertsTitle: "告警（{n}）", noAlerts: "暂无告警", nextEnd: "续保至{date}",
+    status: { active: "有效", expiring: "即将到期", lapsed: "已脱保", pending: "待生效",
+      renewal_pending: "已续保（待生效）", unknown: "未查到保单", revoked: "设备已移除",
+      other: "其他状态" },
+    kinds: { lapsed_while_driving: "脱保行驶", pending_while_driving: "保单生效前行驶",
+      expiring_no_renewal: "即将到期且未续保", offline_and_expiring: "离线且即将到期",
+      vin_mismatch: "车架号与保单不符", other: "其他告警" },
+    link: { online: "在线", offline: "离线", unknown: "未知", other: "未知" },
+    refreshOutcome: { updated: "已更新", unchanged: "无变化", unavailable: "暂无法查询",
+      other: "结果未知" },
+    renewalOutcome: { started: "已发起", already_started: "已在进行",
+      vehicle_unknown: "车辆不存在", vehicle_revoked: "设备已移除", failed: "发起失败",
+      other: "结果未知" },
+    errors: { timeout: "保单数据源未及时响应", vehicle_unknown: "车辆不存在",
+      fleet_unknown: "车队不存在", unauthorized: "令牌无效", forbidden: "无权访问该车队",
+      bad_idempotency_key: "请求标识无效", too_many_streams: "实时连接过多，请稍后重试",
+      other: "请求被拒绝（{status}）" },
+    msg: { refreshed: "刷新 {vid}：{outcome}", refreshRefused: "刷新 {vid}：{reason}",
+      refreshNotSent: "刷新 {vid}：未能发出，请重试", renewals: "批量续保：{list}",
+      renewalItem: "{outcome} {n} 辆", sep: "，", renewalRefused: "批量续保被拒绝：{reason}",
+      renewalNotSent: "批量续保请求未能发出，请再次点击重试（不会重复发起）" },
+    none: "–", never: "从未", justNow: "刚刚", minAgo: "{n}分钟前", hAgo: "{n}小时前",
+    dAgo: "{n}天前", ageUnderMin: "不到1分钟", ageMin: "{n}分钟", ageH: "{n}小时",
+    ageD: "{n}天",
+    daysLeft: "剩余{n}天", daysLeftOne: "剩余1天", endsToday: "今日到期",
+    lapsedDays: "已脱保{n}天", lapsedDaysOne: "已脱保1天",
+    alertEnds: "保障至{date}", alertLink: "连接：{link}",
+    months: ["1月", "2月", "3月", "4月", "5月", "6月", "7月", "8月", "9月", "10月", "11月",
+      "12月"],
+    date: "{y}年{m}月{d}日", day: "{mon}{d}日", dayYear: "{y}年{mon}{d}日", clock: "{h}时",
+    clockMin: "{h}时{mi}分", when: "{day}{clock}", starts: "自{when}起生效",
+    stamp: "{day} {hh}:{mi}",
+  },
+  "en": {
+    title: "Fleet CTPL dashboard", heading: "Fleet CTPL", toggle: "中文", signOut: "Sign out",
+    conn: { connecting: "connecting", live: "live", reconnecting: "reconnecting",
+      refused: "refused ({status})" },
+    login: { title: "Open a fleet", fleet: "Fleet id", token: "Operator token", open: "Open",
+      refused: "The fleet or token was refused ({status})." },
+    tiles: "vehicles by status", timeline: "Expiries in the next 12 weeks (not renewed)",
+    uninsured: "Lapsed / pending", week: "W{n}", barTitle: "{n} vehicles",
+    filters: { status: "Status", link: "Link", withinPre: "Expires within",
+      withinPost: "days", any: "any" },
+    shown: "shown", refresh: "Refresh", renew: "Renew selected", select: "select {vid}",
+    columns: { vehicle: "Vehicle", status: "Status", insurer: "Insurer", end: "Coverage end",
+      days: "Days left", link: "Link · last seen", age: "Data age" },
+    alertsTitle: "Alerts ({n})", noAlerts: "No alerts.", nextEnd: "renewed to {date}",
+    status: { active: "Active", expiring: "Expiring", lapsed: "Lapsed",
+      pending: "Not yet in force", renewal_pending: "Renewed (next term pending)",
+      unknown: "No policy found", revoked: "Gateway removed", other: "Other status" },
+    kinds: { lapsed_while_driving: "Driving while lapsed",
+      pending_while_driving: "Driving before the policy starts",
+      expiring_no_renewal: "Expiring, not renewed",
+      offline_and_expiring: "Offline and expiring",
+      vin_mismatch: "VIN does not match the policy", other: "Other alert" },
+    link: { online: "online", offline: "offline", unknown: "unknown", other: "unknown" },
+    refreshOutcome: { updated: "updated", unchanged: "unchanged",
+      unavailable: "not available now", other: "unknown result" },
+    renewalOutcome: { started: "started", already_started: "already in progress",
+      vehicle_unknown: "vehicle not found", vehicle_revoked: "gateway removed",
+      failed: "failed", other: "unknown result" },
+    errors: { timeout: "the policy sources did not answer in time",
+      vehicle_unknown: "vehicle not found", fleet_unknown: "no such fleet",
+      unauthorized: "token not accepted", forbidden: "not allowed for this fleet",
+      bad_idempotency_key: "bad request key",
+      too_many_streams: "too many live streams, try again later",
+      other: "refused ({status})" },
+    msg: { refreshed: "Refresh {vid}: {outcome}", refreshRefused: "Refresh {vid}: {reason}",
+      refreshNotSent: "Refresh {vid}: not sent, try again", renewals: "Renewals: {list}",
+      renewalItem: "{n} {outcome}", sep: ", ", renewalRefused: "Renewal refused: {reason}",
+      renewalNotSent: "Renewal request not sent; press again to retry (same request)." },
+    none: "–", never: "never", justNow: "just now", minAgo: "{n} min ago", hAgo: "{n} h ago",
+    dAgo: "{n} d ago", ageUnderMin: "< 1 min", ageMin: "{n} min", ageH: "{n} h",
+    ageD: "{n} d",
+    daysLeft: "{n} days left", daysLeftOne: "1 day left", endsToday: "ends today",
+    lapsedDays: "lapsed {n} days", lapsedDaysOne: "lapsed 1 day",
+    alertEnds: "ends {date}", alertLink: "link {link}",
+    months: ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
+      "Dec"],
+    date: "{y}-{mm}-{dd}", day: "{d} {mon}", dayYear: "{d} {mon} {y}", clock: "{hh}:{mi}",
+    clockMin: "{hh}:{mi}", when: "{day} {clock}", starts: "from {when}",
+    stamp: "{day} {hh}:{mi}",
+  },
+};
+const CHINA_OFFSET_MS = 8 * 3600 * 1000;
 const $ = (id) => document.getElementById(id);
+const has = (table, key) => Object.prototype.hasOwnProperty.call(table, key);
 const state = { fleet: null, token: null, vehicles: new Map(), counts: {}, alerts: [],
-  selected: new Set(), renewKey: null, ctl: null };
+  selected: new Set(), renewKey: null, ctl: null, lang: "zh-CN",
+  conn: { name: "connecting", status: "" }, message: null, loginMessage: null };
 
 function el(tag, attrs, text) {
   const e = document.createElement(tag);
@@ -103,49 +212,137 @@ function el(tag, attrs, text) {
   return e;
 }
 
-function credentials() {
-  const frag = new URLSearchParams(location.hash.slice(1));
-  if (frag.get("fleet") && frag.get("token")) {
-    sessionStorage.setItem("fleet", frag.get("fleet"));
-    sessionStorage.setItem("token", frag.get("token"));
-  }
-  if (location.hash) history.replaceState(null, "", location.pathname + location.search);
-  state.fleet = sessionStorage.getItem("fleet");
-  state.token = sessionStorage.getItem("token");
-  return Boolean(state.fleet && state.token);
+function t() { return UI[state.lang]; }
+
+function fmt(template, vars) {
+  return String(template).replace(/\{(\w+)\}/g, (_, k) => {
+    const v = vars ? vars[k] : undefined;
+    if (v === undefined || v === null || (typeof v === "number" && !Number.isFinite(v))) {
+      return t().none;
+    }
+    return String(v);
+  });
 }
 
-function api(path, init) {
-  const headers = Object.assign({ Authorization: "Bearer " + state.token },
-    (init && init.headers) || {});
-  return fetch("/v1/fleets/" + encodeURIComponent(state.fleet) + path,
-    Object.assign({ cache: "no-store" }, init || {}, { headers }));
+function pick(table, key) {
+  return typeof key === "string" && key !== "other" && has(table, key) ? table[key] : table.other;
+}
+
+function lookup(path) {
+  let v = t();
+  for (const k of path.split(".")) v = v && typeof v === "object" && has(v, k) ? v[k] : "";
+  return typeof v === "string" ? v : "";
+}
+
+const pad = (n) => String(n).padStart(2, "0");
+
+function chinaParts(ms) {
+  const d = new Date(ms + CHINA_OFFSET_MS);
+  return { y: d.getUTCFullYear(), m: d.getUTCMonth() + 1, d: d.getUTCDate(),
+    h: d.getUTCHours(), mi: d.getUTCMinutes() };
+}
+
+function dateVars(y, m, d) { return { y, m, d, mm: pad(m), dd: pad(d), mon: t().months[m - 1] }; }
+
+function dateText(iso) {
+  const m = /^(\d{4})-(\d{2})-(\d{2})$/.exec(typeof iso === "string" ? iso : "");
+  return m ? fmt(t().date, dateVars(Number(m[1]), Number(m[2]), Number(m[3]))) : t().none;
+}
+
+function dayText(p) {
+  const template = p.y === chinaParts(Date.now()).y ? t().day : t().dayYear;
+  return fmt(template, dateVars(p.y, p.m, p.d));
+}
+
+function instant(iso) { return typeof iso === "string" ? Date.parse(iso) : NaN; }
+
+function startsText(iso) {
+  const ms = instant(iso);
+  if (Number.isNaN(ms)) return "";
+  const p = chinaParts(ms), u = t();
+  const clock = fmt(p.mi ? u.clockMin : u.clock, { h: p.h, hh: pad(p.h), mi: pad(p.mi) });
+  return fmt(u.starts, { when: fmt(u.when, { day: dayText(p), clock }) });
+}
+
+function stampText(iso) {
+  const ms = instant(iso);
+  if (Number.isNaN(ms)) return t().none;
+  const p = chinaParts(ms);
+  return fmt(t().stamp, { day: dayText(p), hh: pad(p.h), mi: pad(p.mi) });
 }
 
 function ago(iso) {
-  if (!iso) return "never";
-  const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
-  if (s < 90) return Math.round(s) + " s ago";
-  if (s < 5400) return Math.round(s / 60) + " min ago";
-  if (s < 172800) return Math.round(s / 3600) + " h ago";
-  return Math.round(s / 86400) + " d ago";
+  const u = t();
+  if (!iso) return u.never;
+  const ms = instant(iso);
+  if (Number.isNaN(ms)) return u.none;
+  const s = Math.max(0, (Date.now() - ms) / 1000);
+  if (s < 60) return u.justNow;
+  if (s < 5400) return fmt(u.minAgo, { n: Math.round(s / 60) });
+  if (s < 172800) return fmt(u.hAgo, { n: Math.round(s / 3600) });
+  return fmt(u.dAgo, { n: Math.round(s / 86400) });
 }
 
 function age(v) {
-  if (v.data_age_s === null || v.data_age_s === undefined) return "–";
+  const u = t();
+  if (typeof v.data_age_s !== "number") return u.none;
   const s = v.data_age_s + (performance.now() - v._at) / 1000;
-  return s < 5400 ? Math.round(s / 60) + " min" : Math.round(s / 3600) + " h";
+  if (s < 60) return u.ageUnderMin;
+  if (s < 5400) return fmt(u.ageMin, { n: Math.round(s / 60) });
+  if (s < 172800) return fmt(u.ageH, { n: Math.round(s / 3600) });
+  return fmt(u.ageD, { n: Math.round(s / 86400) });
+}
+
+function daysText(n) {
+  const u = t();
+  if (n === 0) return u.endsToday;
+  if (n > 0) return n === 1 ? u.daysLeftOne : fmt(u.daysLeft, { n });
+  return n === -1 ? u.lapsedDaysOne : fmt(u.lapsedDays, { n: -n });
+}
+
+function daysCell(n) {
+  if (typeof n !== "number") return t().none;
+  return n >= 0 ? String(n) : daysText(n);
+}
+
+function build() {
+  const tiles = $("tiles"), options = $("f-status"), links = $("f-link");
+  for (const s of STATUSES) {
+    const tile = el("div", { class: "tile", id: "tile-" + s, "data-testid": "tile-" + s });
+    tile.style.borderLeftColor = "var(--" + s + ")";
+    tile.append(el("div", { class: "n", id: "n-" + s }, "0"),
+      el("div", { class: "label", "data-t": "status." + s }));
+    tiles.append(tile);
+    options.append(el("option", { value: s, "data-t": "status." + s }));
+  }
+  for (const s of LINKS) links.append(el("option", { value: s, "data-t": "link." + s }));
+}
+
+function renderChrome() {
+  const u = t();
+  document.documentElement.lang = state.lang;
+  document.title = u.title;
+  for (const e of document.querySelectorAll("[data-t]")) e.textContent = lookup(e.dataset.t);
+  for (const e of document.querySelectorAll("[data-t-aria]")) {
+    e.setAttribute("aria-label", lookup(e.dataset.tAria));
+  }
+  const c = $("conn");
+  c.dataset.state = state.conn.name;
+  c.textContent = fmt(pick(u.conn, state.conn.name), { status: state.conn.status });
+  $("message").textContent = state.message ? state.message() : "";
+  $("login-msg").textContent = state.loginMessage ? state.loginMessage() : "";
 }
 
 function renderTiles() {
-  for (const s of STATUSES) $("n-" + s).textContent = String(state.counts[s] || 0);
+  for (const s of STATUSES) $("n-" + s).textContent = String(Number(state.counts[s]) || 0);
 }
 
 function renderTimeline() {
+  const u = t();
   const buckets = new Array(13).fill(0);
   for (const v of state.vehicles.values()) {
-    if (v.status === "lapsed") buckets[0] += 1;
-    else if (v.status !== "revoked" && v.days_left !== null && !v.next_coverage_end &&
+    if (v.status === "lapsed" || v.status === "pending") buckets[0] += 1;
+    else if (v.status !== "revoked" && typeof v.days_left === "number" && !v.next_coverage_end &&
              v.days_left >= 0 && v.days_left < 84) buckets[1 + Math.floor(v.days_left / 7)] += 1;
   }
   const top = Math.max(1, ...buckets);
@@ -153,11 +350,11 @@ function renderTimeline() {
   bars.replaceChildren();
   buckets.forEach((n, i) => {
     const bar = el("div", { class: i === 0 ? "bar lapsed" : "bar",
-      "data-testid": "bar-" + (i === 0 ? "lapsed" : "w" + i), title: n + " vehicles" });
+      "data-testid": "bar-" + (i === 0 ? "lapsed" : "w" + i), title: fmt(u.barTitle, { n }) });
     bar.append(el("span", {}, n));
     const fill = el("div", { class: "fill" });
     fill.style.height = Math.round((n / top) * 70) + "px";
-    bar.append(fill, el("span", { class: "wk" }, i === 0 ? "lapsed" : "w" + i));
+    bar.append(fill, el("span", { class: "wk" }, i === 0 ? u.uninsured : fmt(u.week, { n: i })));
     bars.append(bar);
   });
 }
@@ -167,13 +364,24 @@ function shown(v) {
   if (status && v.status !== status) return false;
   if (link && v.link !== link) return false;
   if (within !== "") {
-    if (v.days_left === null || v.next_coverage_end || v.status === "lapsed" ||
-        v.status === "revoked" || v.days_left > Number(within)) return false;
+    if (typeof v.days_left !== "number" || v.next_coverage_end ||
+        ["lapsed", "pending", "revoked"].includes(v.status) ||
+        v.days_left > Number(within)) return false;
   }
   return true;
 }
 
+function endCell(v) {
+  const td = el("td", {}, dateText(v.coverage_end));
+  if (v.next_coverage_end) {
+    const next = fmt(t().nextEnd, { date: dateText(v.next_coverage_end) });
+    td.append(el("div", { class: "sub" }, next));
+  }
+  return td;
+}
+
 function renderTable() {
+  const u = t();
   const body = $("rows");
   body.replaceChildren();
   const vids = [...state.vehicles.keys()].sort();
@@ -183,7 +391,7 @@ function renderTable() {
     if (!shown(v)) continue;
     count += 1;
     const tr = el("tr", { "data-vid": vid, "data-status": v.status });
-    const box = el("input", { type: "checkbox", "aria-label": "select " + vid });
+    const box = el("input", { type: "checkbox", "aria-label": fmt(u.select, { vid }) });
     box.checked = state.selected.has(vid);
     box.addEventListener("change", () => {
       if (box.checked) state.selected.add(vid); else state.selected.delete(vid);
@@ -192,19 +400,22 @@ function renderTable() {
     });
     const cell = el("td");
     cell.append(box);
-    const badge = el("span", { class: "badge" }, LABELS[v.status] || v.status);
-    badge.style.background = COLORS[v.status] || "#7a8594";
+    const known = STATUSES.includes(v.status);
+    const badge = el("span", { class: "badge", "data-testid": "badge-" + vid },
+      pick(u.status, v.status));
+    badge.style.background = "var(--" + (known ? v.status : "unknown") + ")";
     const st = el("td");
     st.append(badge);
-    const btn = el("button", { "data-testid": "refresh-" + vid }, "Refresh 刷新");
+    const starts = v.status === "pending" ? startsText(v.starts_at) : "";
+    if (starts) st.append(el("div", { class: "starts", "data-testid": "starts-" + vid }, starts));
+    const btn = el("button", { type: "button", "data-testid": "refresh-" + vid }, u.refresh);
     btn.addEventListener("click", () => refresh(vid, btn));
     const act = el("td");
     act.append(btn);
-    tr.append(cell, el("td", { class: "vid" }, vid), st, el("td", {}, v.insurer_code || "–"),
-      el("td", {}, v.next_coverage_end ? v.coverage_end + " → " + v.next_coverage_end
-        : (v.coverage_end || "–")),
-      el("td", {}, v.days_left === null ? "–" : v.days_left),
-      el("td", {}, v.link + " · " + ago(v.last_seen)), el("td", { class: "dim" }, age(v)), act);
+    tr.append(cell, el("td", { class: "vid" }, vid), st, el("td", {}, v.insurer_code || u.none),
+      endCell(v), el("td", {}, v.status === "pending" ? u.none : daysCell(v.days_left)),
+      el("td", {}, pick(u.link, v.link) + " · " + ago(v.last_seen)),
+      el("td", { class: "dim" }, age(v)), act);
     body.append(tr);
   }
   $("shown").textContent = count + " / " + state.vehicles.size;
@@ -212,23 +423,34 @@ function renderTable() {
 }
 
 function renderAlerts() {
+  const u = t();
   const list = $("alert-list");
   list.replaceChildren();
   for (const a of state.alerts) {
     const li = el("li", { "data-kind": a.kind, "data-alert": a.alert_id });
     const d = a.detail || {};
-    const what = [d.days_left === undefined ? null : d.days_left + " days left",
-      d.coverage_end ? "ends " + d.coverage_end : null, d.link ? "link " + d.link : null]
-      .filter(Boolean).join(" · ");
-    li.append(el("div", {}, KINDS[a.kind] || a.kind), el("div", { class: "vid" }, a.vid),
-      el("div", { class: "what" }, what),
-      el("div", { class: "when" }, new Date(a.raised_at).toLocaleString()));
+    const what = el("div", { class: "what" });
+    [startsText(d.starts_at) || null,
+      typeof d.days_left === "number" ? daysText(d.days_left) : null,
+      d.coverage_end ? fmt(u.alertEnds, { date: dateText(d.coverage_end) }) : null,
+      d.link ? fmt(u.alertLink, { link: pick(u.link, d.link) }) : null]
+      .filter(Boolean).forEach((part, i) => what.append(i ? " · " : "", el("span", {}, part)));
+    li.append(el("div", {}, pick(u.kinds, a.kind)), el("div", { class: "vid" }, a.vid),
+      what, el("div", { class: "when" }, stampText(a.raised_at)));
     list.append(li);
   }
   $("no-alerts").hidden = state.alerts.length > 0;
+  $("alerts-title").textContent = fmt(u.alertsTitle, { n: state.alerts.length });
 }
 
 function renderAll() { renderTiles(); renderTimeline(); renderTable(); renderAlerts(); }
+
+function setLang(lang) {
+  state.lang = has(UI, lang) ? lang : "zh-CN";
+  sessionStorage.setItem("lang", state.lang);
+  renderChrome();
+  renderAll();
+}
 
 function onEvent(name, data) {
   if (name === "snapshot") {
@@ -249,7 +471,7 @@ function onEvent(name, data) {
   }
 }
 
-function setConn(s, text) { const c = $("conn"); c.dataset.state = s; c.textContent = text; }
+function setConn(name, status) { state.conn = { name, status: status || "" }; renderChrome(); }
 
 async function listen() {
   let delay = 1000;
@@ -261,12 +483,13 @@ async function listen() {
       const res = await api("/events", { headers: { Accept: "text/event-stream" },
         signal: ctl.signal });
       if (res.status === 401 || res.status === 403 || res.status === 404) {
-        setConn("refused", "refused " + res.status);
-        showLogin("The fleet or token was refused (" + res.status + ").");
+        const status = res.status;
+        setConn("refused", status);
+        showLogin(() => fmt(t().login.refused, { status }));
         return;
       }
       if (!res.ok || !res.body) throw new Error("HTTP " + res.status);
-      setConn("live", "live 实时");
+      setConn("live");
       delay = 1000;
       const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
       let buf = "";
@@ -277,11 +500,11 @@ async function listen() {
         watchdog = setTimeout(() => ctl.abort(), 40000);
         buf += value;
         let i;
-        while ((i = buf.indexOf("\\n\\n")) >= 0) {
+        while ((i = buf.indexOf("\n\n")) >= 0) {
           const block = buf.slice(0, i);
           buf = buf.slice(i + 2);
           let name = "message", data = "";
-          for (const line of block.split("\\n")) {
+          for (const line of block.split("\n")) {
             if (line.startsWith("event: ")) name = line.slice(7);
             else if (line.startsWith("data: ")) data += line.slice(6);
           }
@@ -294,23 +517,41 @@ async function listen() {
       clearTimeout(watchdog);
     }
     if (state.ctl !== ctl) return;
-    setConn("reconnecting", "reconnecting 重连中");
+    setConn("reconnecting");
     await new Promise((r) => setTimeout(r, delay));
     delay = Math.min(15000, delay * 2);
   }
 }
 
-function say(text) { $("message").textContent = text; }
+function say(message) { state.message = message; renderChrome(); }
+
+function reason(body, status) {
+  const u = t();
+  const code = body && body.error ? body.error.code : undefined;
+  const known = pick(u.errors, code);
+  return fmt(known, { status });
+}
+
+function api(path, init) {
+  const headers = Object.assign({ Authorization: "Bearer " + state.token },
+    (init && init.headers) || {});
+  return fetch("/v1/fleets/" + encodeURIComponent(state.fleet) + path,
+    Object.assign({ cache: "no-store" }, init || {}, { headers }));
+}
 
 async function refresh(vid, btn) {
   btn.disabled = true;
   try {
     const res = await api("/vehicles/" + encodeURIComponent(vid) + "/refresh",
       { method: "POST" });
-    const body = await res.json();
-    say(res.ok ? vid + ": " + body.outcome : vid + ": " + body.error.message);
+    const body = await res.json().catch(() => ({}));
+    if (res.ok) {
+      say(() => fmt(t().msg.refreshed, { vid, outcome: pick(t().refreshOutcome, body.outcome) }));
+    } else {
+      say(() => fmt(t().msg.refreshRefused, { vid, reason: reason(body, res.status) }));
+    }
   } catch (err) {
-    say(vid + ": not sent, try again");
+    say(() => fmt(t().msg.refreshNotSent, { vid }));
   } finally {
     btn.disabled = false;
   }
@@ -322,6 +563,17 @@ function newKey() {
   return Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 }
 
+function tallyText(outcomes) {
+  const u = t();
+  const tally = new Map();
+  for (const o of outcomes) {
+    const label = pick(u.renewalOutcome, o);
+    tally.set(label, (tally.get(label) || 0) + 1);
+  }
+  const items = [...tally].map(([outcome, n]) => fmt(u.msg.renewalItem, { outcome, n }));
+  return fmt(u.msg.renewals, { list: items.join(u.msg.sep) });
+}
+
 async function renewSelected() {
   const vids = [...state.selected].sort();
   if (!vids.length) return;
@@ -331,31 +583,50 @@ async function renewSelected() {
     const res = await api("/renewals", { method: "POST",
       headers: { "Content-Type": "application/json", "Idempotency-Key": state.renewKey },
       body: JSON.stringify({ vids }) });
-    const body = await res.json();
-    if (!res.ok) { say("Renewal refused: " + body.error.message); return; }
-    const tally = {};
-    for (const r of body.results) tally[r.outcome] = (tally[r.outcome] || 0) + 1;
-    say("Renewals: " + Object.entries(tally).map(([k, n]) => n + " " + k).join(", "));
+    const body = await res.json().catch(() => ({}));
+    if (!res.ok) {
+      say(() => fmt(t().msg.renewalRefused, { reason: reason(body, res.status) }));
+      return;
+    }
+    const outcomes = (Array.isArray(body.results) ? body.results : []).map((r) => r.outcome);
+    say(() => tallyText(outcomes));
     state.selected.clear();
     state.renewKey = null;
     renderTable();
   } catch (err) {
-    say("Renewal request not sent; press again to retry (same request).");
+    say(() => t().msg.renewalNotSent);
   } finally {
     $("renew").disabled = state.selected.size === 0;
   }
 }
 
-function showLogin(text) {
+function credentials() {
+  const frag = new URLSearchParams(location.hash.slice(1));
+  if (frag.get("fleet") && frag.get("token")) {
+    sessionStorage.setItem("fleet", frag.get("fleet"));
+    sessionStorage.setItem("token", frag.get("token"));
+  }
+  if (location.hash) history.replaceState(null, "", location.pathname + location.search);
+  state.fleet = sessionStorage.getItem("fleet");
+  state.token = sessionStorage.getItem("token");
+  return Boolean(state.fleet && state.token);
+}
+
+function showLogin(message) {
   $("app").hidden = true;
+  $("logout").hidden = true;
   $("login").hidden = false;
-  $("login-msg").textContent = text || "";
+  state.loginMessage = message;
+  renderChrome();
 }
 
 function start() {
   $("login").hidden = true;
   $("app").hidden = false;
+  $("logout").hidden = false;
   $("fleet-id").textContent = state.fleet;
+  state.loginMessage = null;
+  setConn("connecting");
   listen();
 }
 
@@ -367,82 +638,83 @@ $("login").addEventListener("submit", (e) => {
   if (credentials()) start();
 });
 $("logout").addEventListener("click", () => {
-  sessionStorage.clear();
+  sessionStorage.removeItem("fleet");
+  sessionStorage.removeItem("token");
   if (state.ctl) { const c = state.ctl; state.ctl = null; c.abort(); }
-  showLogin("");
+  $("fleet-id").textContent = "";
+  state.message = null;
+  showLogin(null);
+});
+$("lang-toggle").addEventListener("click", () => {
+  setLang(state.lang === "zh-CN" ? "en" : "zh-CN");
 });
 for (const id of ["f-status", "f-link", "f-within"]) $(id).addEventListener("input", renderTable);
 $("renew").addEventListener("click", renewSelected);
 setInterval(renderTable, 30000);
-if (credentials()) start(); else showLogin("");
+build();
+setLang(sessionStorage.getItem("lang") || "zh-CN");
+if (credentials()) start(); else showLogin(null);
 """
 
-_OPTIONS: Final = "".join(
-    f'<option value="{s}">{s}</option>'
-    for s in ("active", "expiring", "lapsed", "renewal_pending", "unknown", "revoked")
-)
-_TILES: Final = "".join(
-    f'<div class="tile" id="tile-{s}" data-testid="tile-{s}"><div class="n" id="n-{s}">0</div>'
-    f'<div class="label">{label}</div></div>'
-    for s, label in (
-        ("active", "Active 有效"), ("expiring", "Expiring 即将到期"), ("lapsed", "Lapsed 已脱保"),
-        ("renewal_pending", "Renewing 续保中"), ("unknown", "Unknown 未知"),
-        ("revoked", "Revoked 已注销"),
-    )
-)  # fmt: skip
-
 _DOCUMENT: Final = """<!doctype html>
-<html lang="en">
+<html lang="zh-CN">
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
 <meta name="referrer" content="no-referrer">
 <link rel="icon" href="data:,">
-<title>Fleet CTPL dashboard · 车队交强险</title>
+<title>车队交强险看板</title>
 <style>@STYLE@</style>
 </head>
 <body>
 <header>
-  <h1>Fleet CTPL · 车队交强险 <span class="fleet" id="fleet-id"></span></h1>
-  <span id="conn" class="conn" data-testid="conn" data-state="connecting">connecting</span>
-  <button id="logout" type="button">Sign out</button>
+  <h1><span data-t="heading"></span><span class="fleet" id="fleet-id"></span></h1>
+  <span id="conn" class="conn" data-testid="conn" data-state="connecting"></span>
+  <button id="lang-toggle" type="button" data-testid="lang-toggle" data-t="toggle"></button>
+  <button id="logout" type="button" data-testid="logout" data-t="signOut"></button>
 </header>
 <form id="login" class="panel" data-testid="login" hidden>
-  <h2>Open a fleet</h2>
-  <label>Fleet id <input id="in-fleet" autocomplete="off" required></label>
-  <label>Operator token <input id="in-token" type="password" autocomplete="off" required></label>
-  <button class="primary" type="submit">Open</button>
+  <h2 data-t="login.title"></h2>
+  <label><span data-t="login.fleet"></span> <input id="in-fleet" autocomplete="off" required>
+  </label>
+  <label><span data-t="login.token"></span> <input id="in-token" type="password"
+    autocomplete="off" required></label>
+  <button class="primary" type="submit" data-t="login.open"></button>
   <p id="login-msg" class="dim"></p>
 </form>
 <main id="app" hidden>
-  <section id="tiles" aria-label="vehicles by status">@TILES@</section>
+  <section id="tiles" data-t-aria="tiles"></section>
   <section id="timeline" class="panel">
-    <h2>Expiries, next 12 weeks (unrenewed) · 到期分布</h2>
+    <h2 data-t="timeline"></h2>
     <div id="bars" class="bars" data-testid="timeline"></div>
   </section>
   <section id="vehicles" class="panel">
     <div class="tools">
-      <label>Status <select id="f-status" data-testid="filter-status">
-        <option value="">any</option>@OPTIONS@</select></label>
-      <label>Link <select id="f-link" data-testid="filter-link"><option value="">any</option>
-        <option value="online">online</option><option value="offline">offline</option>
-        <option value="unknown">unknown</option></select></label>
-      <label>Expires within (days) <input id="f-within" data-testid="filter-within"
-        type="number" min="0" max="366" size="4"></label>
-      <span class="dim">shown <span id="shown" data-testid="shown">0</span></span>
-      <button id="renew" class="primary" type="button" data-testid="renew" disabled>
-        Renew selected 批量续保</button>
+      <label><span data-t="filters.status"></span> <select id="f-status"
+        data-testid="filter-status"><option value="" data-t="filters.any"></option></select>
+      </label>
+      <label><span data-t="filters.link"></span> <select id="f-link" data-testid="filter-link">
+        <option value="" data-t="filters.any"></option></select></label>
+      <label><span data-t="filters.withinPre"></span> <input id="f-within"
+        data-testid="filter-within" type="number" min="0" max="366" size="4">
+        <span data-t="filters.withinPost"></span></label>
+      <span class="dim"><span data-t="shown"></span> <span id="shown" data-testid="shown">0</span>
+      </span>
+      <button id="renew" class="primary" type="button" data-testid="renew" data-t="renew"
+        disabled></button>
       <span id="message" data-testid="message" role="status"></span>
     </div>
     <table>
-      <thead><tr><th></th><th>Vehicle</th><th>Status</th><th>Insurer</th><th>Coverage end</th>
-        <th>Days left</th><th>Link · last seen</th><th>Data age</th><th></th></tr></thead>
+      <thead><tr><th></th><th data-t="columns.vehicle"></th><th data-t="columns.status"></th>
+        <th data-t="columns.insurer"></th><th data-t="columns.end"></th>
+        <th data-t="columns.days"></th><th data-t="columns.link"></th>
+        <th data-t="columns.age"></th><th></th></tr></thead>
       <tbody id="rows" data-testid="rows"></tbody>
     </table>
   </section>
   <section id="alerts" class="panel">
-    <h2>Alerts · 告警</h2>
-    <p id="no-alerts" class="dim">No alerts.</p>
+    <h2 id="alerts-title"></h2>
+    <p id="no-alerts" class="dim" data-t="noAlerts"></p>
     <ol id="alert-list" data-testid="alerts"></ol>
   </section>
 </main>
@@ -454,12 +726,7 @@ _DOCUMENT: Final = """<!doctype html>
 
 def page() -> str:
     """The whole document."""
-    return (
-        _DOCUMENT.replace("@TILES@", _TILES)
-        .replace("@OPTIONS@", _OPTIONS)
-        .replace("@STYLE@", STYLE)
-        .replace("@SCRIPT@", SCRIPT)
-    )
+    return _DOCUMENT.replace("@STYLE@", STYLE).replace("@SCRIPT@", SCRIPT)
 
 
 def _sha256(text: str) -> str:

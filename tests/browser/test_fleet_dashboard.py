@@ -3,7 +3,9 @@
 A seeded fleet (cars active, expiring, soon, lapsed, unknown) and another fleet; the page
 opens with the operator's fragment and must show the right tiles, only its own cars,
 filters, alerts, live changes from the store without a reload, and the operator actions,
-with no console errors (CSP refusals show there). A screenshot goes to var/screenshots/.
+with no console errors (CSP refusals show there). The page opens in Chinese (its first
+language), so the texts checked here are the Chinese ones; both languages' tables are
+checked in test_dashboard_texts.py. A screenshot goes to var/screenshots/.
 """
 
 from collections.abc import AsyncIterator
@@ -11,7 +13,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, ConsoleMessage, Page, expect
+from playwright.async_api import Browser, ConsoleMessage, Locator, Page, expect
 
 from cloud.alert_delivery import AlertSender
 from cloud.fleet_monitor import FleetMonitor
@@ -80,15 +82,20 @@ async def test_the_dashboard_shows_the_fleet_live_and_acts(
 async def check_page(
     page: Page, api: Api, s: Seeded, monitor: FleetMonitor, events: FleetEvents
 ) -> None:
-    tile = lambda status: page.get_by_test_id(f"tile-{status}").locator(".n")  # noqa: E731
-    expected = {"active": 1, "expiring": 2, "lapsed": 1, "renewal_pending": 0, "unknown": 1,
-                "revoked": 0}  # fmt: skip
+    def tile(status: str) -> Locator:
+        return page.get_by_test_id(f"tile-{status}").locator(".n")
+
+    expected = {"active": 1, "expiring": 2, "lapsed": 1, "pending": 0, "renewal_pending": 0,
+                "unknown": 1, "revoked": 0}  # fmt: skip
     for status, n in expected.items():
         await expect(tile(status)).to_have_text(str(n), timeout=LIVE_MS)
+    assert await page.evaluate("document.documentElement.lang") == "zh-CN"
+    await expect(page.get_by_test_id("tile-lapsed")).to_contain_text("已脱保")
     # The token left the address bar; it stays in this tab's sessionStorage only.
     assert "#" not in page.url and s.token not in page.url
     assert await page.evaluate("sessionStorage.getItem('token')") == s.token
     await expect(page.get_by_test_id("conn")).to_have_attribute("data-state", "live")
+    await expect(page.get_by_test_id("conn")).to_have_text("实时")
 
     rows = page.get_by_test_id("rows").locator("tr")
     await expect(rows).to_have_count(5)
@@ -100,6 +107,7 @@ async def check_page(
     await page.get_by_test_id("filter-status").select_option("lapsed")
     await expect(rows).to_have_count(1)
     await expect(rows.first).to_have_attribute("data-vid", s.vids["lapsed"])
+    await expect(page.get_by_test_id(f"badge-{s.vids['lapsed']}")).to_have_text("已脱保")
     await page.get_by_test_id("filter-status").select_option("")
     await page.get_by_test_id("filter-within").fill("7")
     await expect(rows).to_have_count(1)
@@ -120,6 +128,8 @@ async def check_page(
     await expect(alerts).to_have_count(2)
     soon_alert = alerts.filter(has_text=s.vids["soon"])
     await expect(soon_alert).to_have_attribute("data-kind", "expiring_no_renewal")
+    await expect(soon_alert).to_contain_text("即将到期且未续保")
+    await expect(soon_alert).to_contain_text("剩余5天")
 
     # Live: another process changes the store; the page follows without a reload.
     await policy(api, s.vids["active"], -2)
@@ -129,20 +139,20 @@ async def check_page(
     await expect(row).to_have_attribute("data-status", "lapsed", timeout=LIVE_MS)
     await car_event(api, s.vids["lapsed"], "lapsed_while_driving", "a" * 32, seq=30)
     await within(monitor.tick())
-    driving = alerts.filter(has_text="Driving while lapsed")
+    driving = alerts.filter(has_text="脱保行驶")
     await expect(driving).to_have_count(1, timeout=LIVE_MS)
     await expect(driving).to_contain_text(s.vids["lapsed"])
 
     # Operator actions: a refresh, then a bulk renewal of two selected cars.
     await page.get_by_test_id(f"refresh-{s.vids['soon']}").click()
-    await expect(page.get_by_test_id("message")).to_contain_text("updated")
+    await expect(page.get_by_test_id("message")).to_have_text(f"刷新 {s.vids['soon']}：已更新")
     assert events.refreshed == [s.vids["soon"]]
     renew = page.get_by_test_id("renew")
     await expect(renew).to_be_disabled()
     for role in ("soon", "lapsed"):
         await page.locator(f'tr[data-vid="{s.vids[role]}"] input[type=checkbox]').check()
     await renew.click()
-    await expect(page.get_by_test_id("message")).to_contain_text("2 started")
+    await expect(page.get_by_test_id("message")).to_have_text("批量续保：已发起 2 辆")
     assert sorted(events.renewals.values()) == sorted([s.vids["soon"], s.vids["lapsed"]])
     await expect(renew).to_be_disabled()
 
@@ -157,12 +167,14 @@ async def test_without_a_fragment_a_form_asks_and_sign_out_forgets(
             await expect(login).to_be_visible()
             await page.locator("#in-fleet").fill(s.fleet_id)
             await page.locator("#in-token").fill(s.token)
-            await login.get_by_role("button", name="Open").click()
+            await expect(login).to_contain_text("操作员令牌")
+            await login.get_by_role("button", name="打开").click()
             await expect(login).to_be_hidden()
             await expect(page.get_by_test_id("tile-expiring").locator(".n")).to_have_text("2")
             await expect(page.get_by_test_id("rows").locator("tr")).to_have_count(5)
             await expect(page.locator("#in-token")).to_have_value("")
-            await page.get_by_role("button", name="Sign out").click()
+            await expect(page.locator("#no-alerts")).to_have_text("暂无告警")
+            await page.get_by_role("button", name="退出").click()
             await expect(login).to_be_visible()
             assert await page.evaluate("sessionStorage.getItem('token')") is None
             assert not problems, problems
