@@ -24,8 +24,16 @@ from cloud.store import Store
 
 from .broker import Mosquitto, free_port
 from .cars import SimulatedFleet
-from .enroller import Operator, create_fleet, enroll_cars, fleet_counts
-from .fleet import synthetic_policies, synthetic_vin
+from .enroller import Operator, create_fleet, enroll_cars, fleet_alerts, fleet_counts
+from .fleet import (
+    COMMUTER,
+    LAPSED_DRIVING,
+    PENDING_DRIVING,
+    demo_plate,
+    demo_policies,
+    synthetic_vin,
+    vehicle_facts,
+)
 from .walkthrough import OutsideWorld, walk_through
 
 
@@ -93,11 +101,11 @@ async def run_demo(workdir: Path, cars: int, duration_s: float | None) -> int:
     db = workdir / "cloud.db"
     seeds = workdir / "policies-by-vin.json"
     vins = [synthetic_vin(i) for i in range(cars)]
-    rows = synthetic_policies(vins, datetime.now(UTC), key="vin")
+    rows = demo_policies(vins, datetime.now(UTC))
     seeds.write_text(json.dumps(rows, indent=1, ensure_ascii=False))
     async with await Store.open(db) as store:
         _, np = await import_files(store, None, None, seeds)
-    print(f"Cloud store {db}: {np} policies waiting for their cars' VINs (every 10th: none)")
+    print(f"Cloud store {db}: {np} policies waiting for their cars' VINs")
     admin_token = secrets.token_urlsafe(24)
     token_file = workdir / "admin-token"
     write_private(token_file, admin_token.encode())
@@ -105,7 +113,7 @@ async def run_demo(workdir: Path, cars: int, duration_s: float | None) -> int:
     http_port = free_port()
     world = OutsideWorld(pki, http_port)
     async with world:
-        world.seed(rows)
+        world.seed(rows, [vehicle_facts(i, v, demo_plate(i)) for i, v in enumerate(vins)])
         print(
             f"Policy sources (real HTTP servers): national platform {world.national.url}, "
             + ", ".join(f"{c} {i.url}" for c, i in world.insurers.items())
@@ -167,16 +175,16 @@ async def _with_broker(
     return 0 if ok else 1
 
 
-LAPSED_DRIVING: Final = 8
-"""The demo car whose policy lapsed (see simulator.fleet) and which is being driven."""
-COMMUTER: Final = 4
-"""The demo car that drives and parks in turn (its prompt hides while it moves)."""
+DRIVING: Final = (LAPSED_DRIVING, PENDING_DRIVING)
+"""The demo cars being driven though uninsured (lapsed; a term that starts tomorrow):
+fleet alerts, never a pop-up (``simulator.fleet.DEMO_ROLES``)."""
+ALERT_WAIT_S: Final = 20.0
 
 
 def _bus(i: int) -> SimulatedBus:
-    """Car ``i``'s signals: parked with the ignition on, but the lapsed one drives."""
+    """Car ``i``'s signals: parked with the ignition on, but the uninsured ones drive."""
     return SimulatedBus(
-        ignition_on=True, speed_kmh=40.0 if i == LAPSED_DRIVING else 0.0, vin=synthetic_vin(i)
+        ignition_on=True, speed_kmh=40.0 if i in DRIVING else 0.0, vin=synthetic_vin(i)
     )
 
 
@@ -188,6 +196,12 @@ async def _commute(fleet: SimulatedFleet, every_s: float = 20.0) -> None:
     while True:
         await asyncio.sleep(every_s)
         bus.speed_kmh = 30.0 if bus.speed_kmh == 0 else 0.0
+
+
+_DRIVING_ALERT: Final = {
+    LAPSED_DRIVING: "lapsed_while_driving",
+    PENDING_DRIVING: "pending_while_driving",
+}
 
 
 def _showcase(fleet: SimulatedFleet) -> str:
@@ -223,6 +237,21 @@ class Dashboard:
             f"vehicles ({shown}).\n  {self.link}\n"
             f"  (your browser does not know the dev CA, {self.ca_file}: accept its warning)"
         )
+
+    async def alerts(self, wait_for: frozenset[str], timeout_s: float) -> str:
+        """The fleet's alerts by kind, once every kind in ``wait_for`` is there (or the
+        time is up): the monitor derives them every few seconds."""
+        kinds: dict[str, int] = {}
+        deadline = asyncio.get_running_loop().time() + timeout_s
+        while True:
+            kinds = {}
+            for a in await fleet_alerts(self.url, self.ca_file, self.operator):
+                kinds[a["kind"]] = kinds.get(a["kind"], 0) + 1
+            if wait_for <= kinds.keys() or asyncio.get_running_loop().time() > deadline:
+                break
+            await asyncio.sleep(0.5)
+        listed = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items())) or "none"
+        return f"Fleet alerts on the dashboard: {listed}"
 
 
 def _open_in_browser(url: str) -> None:
@@ -263,9 +292,11 @@ async def _run_fleet(
             first = workdir / "cars" / "car-000" / "agent.toml"
             print("\nHead units (open in a browser; prompts show live, never while moving):")
             print(_showcase(fleet))
-            print("\nRenewal, as two drivers would do it on their head units:")
+            print("\nRenewal, as three drivers would do it on their head units:")
             for line in await walk_through(fleet.agents, world):
                 print(f"  {line}")
+            driving = frozenset(f"{_DRIVING_ALERT[i]}" for i in DRIVING if i < len(fleet.agents))
+            print(await dashboard.alerts(driving, ALERT_WAIT_S))
             print(
                 "\nLook at:\n"
                 f"  one car's verified state: .venv/bin/ctpl-agent status --config {first}\n"

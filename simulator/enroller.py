@@ -5,6 +5,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -48,6 +49,19 @@ async def fleet_counts(url: str, ca_file: Path, op: Operator) -> tuple[int, dict
         r.raise_for_status()
         body = r.json()
     return int(body["total"]), {str(k): int(v) for k, v in body["counts"].items()}
+
+
+async def fleet_alerts(url: str, ca_file: Path, op: Operator) -> list[dict[str, Any]]:
+    """The fleet's alerts, newest first, as the dashboard lists them."""
+    tls = ssl.create_default_context(cafile=str(ca_file))
+    async with httpx.AsyncClient(base_url=url, verify=tls, timeout=HTTP_TIMEOUT_S) as c:
+        r = await c.get(
+            f"/v1/fleets/{op.fleet_id}/alerts", headers={"Authorization": f"Bearer {op.token}"}
+        )
+        r.raise_for_status()
+        body = r.json()
+    alerts: list[dict[str, Any]] = body["alerts"]
+    return alerts
 
 
 async def mint_claims(url: str, ca_file: Path, op: Operator, count: int) -> list[str]:

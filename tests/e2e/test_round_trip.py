@@ -68,24 +68,42 @@ async def test_a_simulated_fleet_all_hold_verified_states(
             await task
 
 
+@pytest.mark.timeout(300)  # the lapsed car waits up to a minute for its cover to start
 def test_the_demo_runs_and_stops_by_itself(tmp_path: Path) -> None:
-    """What `make demo` runs (enrollment through the API included), with fewer cars."""
+    """What `make demo` runs (enrollment through the API included), with ten cars: the
+    first ten show every case (simulator.fleet.DEMO_ROLES)."""
     proc = subprocess.run(
-        [sys.executable, "-m", "simulator", "demo", "--cars", "5", "--duration", "0.5",
+        [sys.executable, "-m", "simulator", "demo", "--cars", "10", "--duration", "0.5",
          "--workdir", str(tmp_path / "demo")],
-        capture_output=True, text=True, timeout=120, cwd=ROOT, check=False,
+        capture_output=True, text=True, timeout=240, cwd=ROOT, check=False,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "gateways enrolled:   5/5" in proc.stdout, proc.stdout
-    assert "verified policy state:   5/5" in proc.stdout and "Stopped." in proc.stdout
-    # The renewal walk-through: car 3 (29 days left) renews on its head unit, car 4
-    # (14 days) was renewed at a counter and its prompts stop.
-    assert "renewed through the head unit" in proc.stdout, proc.stdout
-    assert "head unit shows covered, prompt gone" in proc.stdout, proc.stdout
-    assert "renewal elsewhere confirmed" in proc.stdout and "prompts stop" in proc.stdout
-    # The fleet dashboard is served, and the fleet API behind it lists the five cars.
-    assert re.search(r"Fleet dashboard, live .*: 5 vehicles \(", proc.stdout), proc.stdout
-    assert re.search(r"https://127\.0\.0\.1:\d+/fleet#fleet=f[a-z2-7]{16}&token=", proc.stdout)
+    out = proc.stdout
+    assert proc.returncode == 0, out + proc.stderr
+    assert "gateways enrolled:  10/10" in out, out
+    assert "verified policy state:  10/10" in out and "Stopped." in out
+    # Car 3 (29 days left, Shanghai, a year without claims) renews on its head unit at
+    # the region's price, the same at every insurer: 950 x (1 - 10 %) + 360 tax.
+    assert re.search(r"quotes PICC CNY 1215\.00 \(CTPL 855\.00 \+ tax 360\.00", out), out
+    assert "the same CTPL price at every insurer" in out
+    assert "renewed through the head unit" in out, out
+    assert "head unit shows covered, prompt gone" in out, out
+    # Car 4 (14 days) was renewed at a counter and its prompts stop.
+    assert "renewal elsewhere confirmed" in out and "prompts stop" in out
+    # Car 1 lapsed two days ago, electric (no vehicle tax): it renews on its head unit
+    # with cover from payment, shows 待生效 until then, then covered.
+    lapsed = next(line for line in out.splitlines() if ": lapsed; tapped Renew now" in line)
+    assert "CTPL 760.00 + tax 0.00 (new-energy: exempt)" in lapsed, lapsed
+    assert "chose PINGAN (cover on payment)" in lapsed, lapsed
+    assert "head unit showed pending (「交强险待生效：新保单自" in lapsed, lapsed
+    assert "then covered until" in lapsed, lapsed
+    # Car 9's term starts tomorrow: shown pending, and driving it raises a fleet alert,
+    # as does car 8, lapsed and driving.
+    assert re.search(r" pending +PICC .* pending \(moving\)", out), out
+    assert re.search(r"Fleet alerts on the dashboard: .*1 lapsed_while_driving.*"
+                     r"1 pending_while_driving", out), out  # fmt: skip
+    # The fleet dashboard is served, and the fleet API behind it lists the ten cars.
+    assert re.search(r"Fleet dashboard, live .*: 10 vehicles \(.*1 pending", out), out
+    assert re.search(r"https://127\.0\.0\.1:\d+/fleet#fleet=f[a-z2-7]{16}&token=", out)
 
 
 async def test_a_request_nobody_answered_is_asked_again_until_the_cloud_answers(
