@@ -12,8 +12,7 @@ var/screenshots/dashboard-<lang>-<w>x<h>.png.
 """
 
 import re
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -21,7 +20,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import pytest
-from playwright.async_api import Browser, ConsoleMessage, Page, Route, expect
+from playwright.async_api import Browser, Page, Route, expect
 
 from agent.protocol import calendar
 from cloud.alert_delivery import AlertSender
@@ -31,6 +30,8 @@ from cloud.policy import PolicyRecord
 from tests.cloud_api.conftest import ADMIN_TOKEN, Api, within
 from tests.cloud_api.fleet_support import FleetEvents, Seeded, car_event, policy, seed_fleet
 from tests.cloud_api.fleet_support import serving_fleet as serving
+
+from .test_fleet_dashboard import dashboard
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
@@ -146,30 +147,11 @@ async def seed_every_status(api: Api) -> Fleet:
     return Fleet(s, renewed, revoked, pending, start)
 
 
-@asynccontextmanager
-async def opened(
+def opened(
     browser: Browser, api: Api, s: Seeded, token: str | None = None
-) -> AsyncIterator[tuple[Page, list[str]]]:
+) -> AbstractAsyncContextManager[tuple[Page, list[str]]]:
     """The dashboard at 1280×800 in Los Angeles time, opened with the fleet's fragment."""
-    context = await browser.new_context(
-        viewport={"width": 1280, "height": 800}, ignore_https_errors=True,
-        timezone_id=BROWSER_ZONE, locale="en-US",
-    )  # fmt: skip
-    problems: list[str] = []
-
-    def note(message: ConsoleMessage) -> None:
-        if message.type in ("error", "warning"):
-            problems.append(f"console {message.type}: {message.text}")
-
-    try:
-        page = await context.new_page()
-        page.on("console", note)
-        page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-        url = f"https://localhost:{api.config.http_port}/fleet"
-        await page.goto(f"{url}#fleet={s.fleet_id}&token={token or s.token}")
-        yield page, problems
-    finally:
-        await context.close()
+    return dashboard(browser, api, s, token=token, timezone_id=BROWSER_ZONE, locale="en-US")
 
 
 async def visible_problems(page: Page, lang: str, allowed: set[str]) -> list[str]:

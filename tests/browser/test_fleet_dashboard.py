@@ -11,6 +11,7 @@ checked in test_dashboard_texts.py. A screenshot goes to var/screenshots/.
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 from playwright.async_api import Browser, ConsoleMessage, Locator, Page, expect
@@ -38,12 +39,18 @@ LIVE_MS = 5000
 
 @asynccontextmanager
 async def dashboard(
-    browser: Browser, api: Api, s: Seeded, fragment: bool = True
+    browser: Browser,
+    api: Api,
+    s: Seeded,
+    fragment: bool = True,
+    token: str | None = None,
+    **context: Any,
 ) -> AsyncIterator[tuple[Page, list[str]]]:
-    """The dashboard at 1280×800 (opened with the fleet's fragment unless told not to);
-    its console problems."""
+    """The dashboard at 1280×800 (opened with the fleet's fragment unless told not to, with
+    ``token`` in place of the fleet's if given); its console problems. ``context`` adds
+    browser-context options (a time zone, a locale)."""
     context = await browser.new_context(
-        viewport={"width": 1280, "height": 800}, ignore_https_errors=True
+        viewport={"width": 1280, "height": 800}, ignore_https_errors=True, **context
     )
     problems: list[str] = []
 
@@ -57,7 +64,8 @@ async def dashboard(
         page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
         port = api.config.http_port
         url = f"https://localhost:{port}/fleet"
-        await page.goto(url + (f"#fleet={s.fleet_id}&token={s.token}" if fragment else ""))
+        given = f"#fleet={s.fleet_id}&token={token or s.token}" if fragment else ""
+        await page.goto(url + given)
         yield page, problems
     finally:
         await context.close()
