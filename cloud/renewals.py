@@ -398,7 +398,7 @@ class RenewalService:
         if facts is not None and self.lookup is not None:
             found = await self.lookup.refresh(facts)
         current = (await self.store.load_policies(flow.vid)).get(flow.vid)
-        record = _with_next(found.record or current, found.next_term, flow.vid)
+        record = _with_next(found.record or current, found.next_term, flow.vid, self.now())
         end = None if record is None else (record.next_end or record.coverage_end)
         newer = end is not None and (flow.old_end is None or end > flow.old_end)
         nxt = rf.checked(flow, end if newer else None)
@@ -437,10 +437,7 @@ class RenewalService:
 
 
 def _with_next(
-    current: PolicyRecord | None,
-    issued: IssuedPolicy | None,
-    vid: str,
-    now: datetime | None = None,
+    current: PolicyRecord | None, issued: IssuedPolicy | None, vid: str, now: datetime
 ) -> PolicyRecord | None:
     """``current`` with ``issued`` as its next term when it follows without a gap, else the
     issued term alone (bought after a lapse: ``pending`` until it starts)."""
@@ -458,7 +455,7 @@ def _with_next(
             coverage_start=issued.start,
             coverage_end=issued.end,
             source=issued.insurer_code.lower(),
-            verified_at=now or datetime.now().astimezone(),
+            verified_at=now,
             plate_masked=mask_plate(issued.plate),
             starts_at=issued.starts_at,
         )
