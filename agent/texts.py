@@ -124,6 +124,8 @@ _REASONS: Final[dict[str, dict[Lang, str]]] = {
     "insurer_refused": {"zh-CN": "保险公司未能出单，请重新询价。",
                         "en": "The insurer could not issue the policy. "
                               "Please ask for new quotes."},
+    "rate_limited": {"zh-CN": "查询过于频繁，请过几分钟再试。",
+                     "en": "Too many requests. Please try again in a few minutes."},
     "not_found": {"zh-CN": "如刚在其他渠道续保，信息同步可能需要一些时间，请稍后再试。",
                   "en": "A renewal made elsewhere can take a while to show. Try again later."},
 }  # fmt: skip

@@ -52,11 +52,13 @@ RESUMABLE: Final = frozenset({Stage.QUOTING, Stage.BINDING, Stage.CHECKING})
 
 
 class FlowError(Exception):
-    """A request the flow refuses; ``code`` is stable (also sent to the car)."""
+    """A request the flow refuses; ``code`` is stable (also sent to the car);
+    ``retry_after_s`` when asking again later can succeed (``rate_limited``)."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, *, retry_after_s: float | None = None) -> None:
         super().__init__(message)
         self.code = code
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True, slots=True)

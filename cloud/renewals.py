@@ -23,8 +23,9 @@ from datetime import date, datetime
 from typing import Protocol
 
 from agent.protocol import calendar, messages
+from agent.protocol.errors import ProtocolError
 
-from . import insurer_directory, tariff
+from . import insurer_directory, rate_limits, tariff
 from . import renewal_flow as rf
 from .handler import IntentRow
 from .policy import PolicyRecord, mask_plate, mask_policy_no
@@ -66,11 +67,24 @@ class IssuedPolicy:
     end: date
     starts_at: datetime | None = None
     """The exact instant cover begins when not 00:00 China time of ``start``."""
+    vin: str | None = None
+    """The insured vehicle's VIN, as the insurer's own record gives it."""
 
     @property
     def start_instant(self) -> datetime:
         """When the policy's cover begins."""
         return calendar.start_instant(self.start, self.starts_at)
+
+
+@dataclass(frozen=True, slots=True)
+class InsurerOrder:
+    """An order as the insurer's own record holds it (``GET /v1/orders/{id}``)."""
+
+    order_id: str
+    quote_id: str
+    amount: str
+    paid: bool
+    policy: IssuedPolicy | None
 
 
 class SourceFailure(Exception):
@@ -97,6 +111,11 @@ class Insurer(Protocol):
 
     async def bind(self, quote_id: str, idempotency_key: str) -> Order:
         """Bind the quote (the same key again: the same order); raise SourceFailure."""
+        ...
+
+    async def order(self, order_id: str) -> InsurerOrder:
+        """The order as the insurer's record holds it, with its policy once issued;
+        raise SourceFailure."""
         ...
 
 
@@ -253,6 +272,28 @@ class RenewalService:
         flows = await self.store.flows("vid", (vid,))
         return flows[0] if flows else None
 
+    async def _limit_lookups(self, vid: str) -> None:
+        """Raise FlowError ``rate_limited`` when ``vid`` asked for more source look-ups
+        than ``rate_limits.LOOKUPS`` allows (this request included)."""
+        now = self.now()
+        rows = await self.store.recent_intents(
+            vid, "renewal.request", now - rate_limits.LOOKUPS.per
+        )
+        times = []
+        for row in rows:
+            try:
+                request = messages.decode(row.body)
+            except ProtocolError:
+                continue
+            if isinstance(request, messages.RenewalRequest) and (
+                request.action in rate_limits.LOOKUP_ACTIONS
+            ):
+                times.append(row.received_at)
+        wait = rate_limits.retry_after(times, now)
+        if wait is not None:
+            raise FlowError("rate_limited", f"too many look-ups: retry after {wait:.0f} s",
+                            retry_after_s=wait)  # fmt: skip
+
     async def _act(self, vid: str, body: messages.RenewalRequest) -> None:
         latest = await self._latest(vid)
         self.counters[f"request.{body.action}"] += 1
@@ -265,6 +306,7 @@ class RenewalService:
             ):
                 await self.notifier.renewal_changed(latest)  # already under way: say so
                 return
+            await self._limit_lookups(vid)
             flow = await self._new_flow(vid, body.intent_id)
             await self._save(flow)
             await self._step(flow)
@@ -281,6 +323,7 @@ class RenewalService:
                 if flow != latest:
                     await self._save(flow)
         elif body.action == "already_renewed":
+            await self._limit_lookups(vid)
             base = latest if latest is not None and latest.stage not in rf.TERMINAL else None
             if base is None:
                 base = await self._new_flow(vid, body.intent_id)
@@ -409,17 +452,38 @@ class RenewalService:
             await self._save(nxt)
         return nxt
 
-    async def paid(self, order_id: str, issued: IssuedPolicy) -> Flow:
-        """The insurer's webhook for ``order_id``: issue the new term exactly once.
+    async def paid(self, code: str, order_id: str, told: IssuedPolicy) -> Flow:
+        """Insurer ``code``'s webhook saying ``order_id`` is paid: issue the new term once.
 
-        Raise FlowError (``unknown_order``) when no flow awaits that order; a repeated
-        webhook changes nothing and returns the issued flow.
+        The webhook only says "look": the term issued is read from the insurer's own
+        record of the order (``Insurer.order``), checked against the flow (the order is
+        this insurer's, for the quote the driver chose, at its price, for this vehicle's
+        VIN, a one-year term starting no earlier than quoted), and must equal what the
+        webhook body claims. Raise FlowError: ``unknown_order`` (no flow awaits it),
+        ``wrong_insurer`` (another insurer's order), ``order_unpaid``,
+        ``order_unavailable`` (the insurer cannot be asked now: it retries),
+        ``policy_mismatch`` (its record contradicts the flow), ``webhook_mismatch``
+        (the body contradicts its record). A refusal stores nothing; a repeated webhook
+        changes nothing and returns the issued flow.
         """
         flows = await self.store.flows("order", (order_id,))
         if not flows:
             raise FlowError("unknown_order", "no renewal awaits payment for that order")
+        if flows[0].insurer_code != code:
+            raise FlowError("wrong_insurer", "that order is not this insurer's")
         async with self._lock(flows[0].vid):
             flow = (await self.store.flows("order", (order_id,)))[0]
+            if flow.stage is Stage.ISSUED:
+                self.counters["webhook.repeated"] += 1
+                return flow
+            issued = await self._issued(flow, code, order_id)
+            if (told.policy_no, told.start, told.end, told.starts_at) != (
+                issued.policy_no,
+                issued.start,
+                issued.end,
+                issued.starts_at,
+            ):
+                raise FlowError("webhook_mismatch", "the webhook contradicts the insurer's record")
             nxt = rf.paid(flow, order_id, issued.start, issued.end, issued.starts_at)
             if nxt == flow:
                 self.counters["webhook.repeated"] += 1
@@ -434,6 +498,44 @@ class RenewalService:
             self.counters["issued"] += 1
             await self.notifier.policy_changed(record)
             return nxt
+
+    async def _issued(self, flow: Flow, code: str, order_id: str) -> IssuedPolicy:
+        """The policy insurer ``code`` issued for ``order_id``, from its own record, checked
+        against ``flow``; raise FlowError (see ``paid``)."""
+        insurer = self.insurers.get(code)
+        if insurer is None:
+            raise FlowError("order_unavailable", "the insurer is not configured")
+        try:
+            order = await insurer.order(order_id)
+        except SourceFailure as exc:
+            raise FlowError("order_unavailable", f"the insurer's record: {exc}") from exc
+        if not order.paid or order.policy is None:
+            raise FlowError("order_unpaid", "the insurer's record shows no payment")
+        p = order.policy
+        quote = next((q for q in flow.quotes if q.quote_id == flow.chosen), None)
+        vin, _ = await self.store.vehicle_identity(flow.vid)
+        begins = calendar.start_instant(p.start, p.starts_at)
+        problems = [
+            what
+            for what, bad in (
+                ("order", order.order_id != order_id),
+                ("quote", quote is None or order.quote_id != quote.quote_id),
+                (
+                    "amount",
+                    quote is None or order.amount != quote.total or order.amount != flow.amount,
+                ),
+                ("insurer", p.insurer_code != code),
+                ("vehicle", vin is None or p.vin != vin),
+                ("start", quote is None or begins < calendar.start_instant(quote.start)),
+                ("term", p.end != calendar.one_year_end(p.start)),
+            )
+            if bad
+        ]
+        if problems:
+            raise FlowError(
+                "policy_mismatch", "the insurer's record disagrees: " + ", ".join(problems)
+            )
+        return p
 
 
 def _with_next(

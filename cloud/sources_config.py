@@ -13,6 +13,7 @@ from .config import CloudConfig
 from .renewal_flow import QuoteOffer
 from .renewals import (
     Insurer,
+    InsurerOrder,
     IssuedPolicy,
     Lookup,
     LookupResult,
@@ -65,6 +66,19 @@ class InsurerAdapter:
         except SourceError as exc:
             raise _failure(exc) from exc
         return Order(order.order_id, order.payment_url, f"{order.amount:.2f}")
+
+    async def order(self, order_id: str) -> InsurerOrder:
+        """The order as this insurer's record holds it; raise SourceFailure."""
+        try:
+            o = await self.client.order(order_id)
+        except SourceError as exc:
+            raise _failure(exc) from exc
+        p = o.policy
+        issued = None if p is None else IssuedPolicy(
+            p.policy_no, p.insurer_code, p.insurer_name, p.plate, p.start, p.end, p.starts_at,
+            p.vin,
+        )  # fmt: skip
+        return InsurerOrder(o.order_id, o.quote_id, f"{o.amount:.2f}", o.status == "paid", issued)
 
 
 def _failure(exc: SourceError) -> SourceFailure:

@@ -768,6 +768,15 @@ class Store:
         )
         return [_intent(r) for r in rows]
 
+    async def recent_intents(self, vid: str, type_: str, since: datetime) -> list[IntentRow]:
+        """``vid``'s intents of ``type_`` received after ``since``, oldest first."""
+        rows = await self._rows(
+            f"SELECT {_INTENT_COLUMNS} FROM intents"  # noqa: S608 - fixed text
+            " WHERE vid = ? AND type = ? AND received_at > ? ORDER BY received_at, seq",
+            (vid, type_, _ts(since)),
+        )
+        return [_intent(r) for r in rows]
+
     async def unprocessed_intents(self, type_: str) -> list[IntentRow]:
         """Recorded intents of ``type_`` not yet acted on, oldest first."""
         rows = await self._rows(

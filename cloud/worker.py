@@ -57,6 +57,13 @@ SHARED_FOR_S: Final = 600.0
 """After a sign of another worker writing (a refused write, counters adopted), read each
 batch's vehicles from the store first for this long."""
 RENEWAL_POLL_S: Final = 30.0
+_WEBHOOK_STATUS: Final = {
+    "unknown_order": 404,
+    "wrong_insurer": 403,
+    "order_unavailable": 503,
+}
+"""HTTP status of a refused webhook by its code; any other refusal is 409 (a conflict with
+the insurer's own record or the flow). 503 makes the insurer deliver again later."""
 """The renewal loop looks for intents this often even when nothing woke it."""
 
 
@@ -371,13 +378,14 @@ class Worker:
             order_id, issued = order_paid(body, code)
             if self.renewals is None:
                 raise WebhookError(503, "not_ready", "the worker is starting")
-            flow = await self.renewals.paid(order_id, issued)
+            flow = await self.renewals.paid(code, order_id, issued)
         except WebhookError as exc:
             self.counters[f"webhook.{exc.code}"] += 1
             return exc.status, {"error": exc.code, "message": str(exc)}
         except FlowError as exc:
             self.counters[f"webhook.{exc.code}"] += 1
-            return 404, {"error": exc.code, "message": str(exc)}
+            log.warning("insurer webhook from %s refused: %s", code, exc.code)
+            return _WEBHOOK_STATUS.get(exc.code, 409), {"error": exc.code, "message": str(exc)}
         self.counters["webhook.ok"] += 1
         return 200, {"ok": "true", "renewal_id": flow.renewal_id, "stage": flow.stage.value}
 

@@ -9,10 +9,12 @@ sources at once and stops the prompts.
 
 import asyncio
 import contextlib
+import json
 import ssl
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -295,3 +297,107 @@ async def test_webhooks_with_a_bad_signature_or_an_unknown_order_are_refused_and
     assert world.worker.counters["webhook.unknown_order"] == 1
     async with await Store.open(world.db) as store:
         assert await store.flows("order", ("ord_nobody",)) == []
+
+
+async def test_an_insurer_cannot_complete_another_insurers_order_nor_dictate_the_cover(
+    world: World, tmp_path: Path
+) -> None:
+    """Finding 1 of issue 13: a webhook signed with PINGAN's secret marked a PICC order paid
+    with an end of 2099-12-31 from its body, and the flow was issued. Now the webhook is
+    bound to the order's insurer, and the term is read from that insurer's own record."""
+    from cloud.webhooks import sign
+
+    agent, task = await running_agent(world, 2, tmp_path)
+    try:
+        await agent.request_renewal("quote")
+        await until(lambda: agent.renewal is not None and agent.renewal.stage == "quotes",
+                    "the quotes")  # fmt: skip
+        assert agent.renewal is not None
+        picc = next(q for q in agent.renewal.quotes if q.insurer_code == "PICC")
+        await agent.request_renewal("accept", picc.quote_id)
+        await until(lambda: agent.renewal is not None
+                    and agent.renewal.stage == "awaiting_payment", "the payment link")  # fmt: skip
+        assert agent.renewal is not None and agent.renewal.payment_url is not None
+        order_id = agent.renewal.payment_url.rsplit("/", 1)[-1]
+        vin, plate = synthetic_vin(2), synthetic_plate(2)
+
+        def forged(end: str, code: str = "PICC") -> bytes:
+            policy = {"policy_no": "PDZA2099000000000001", "insurer_code": code,
+                      "insurer_name": "中国人保财险", "plate": plate, "vin": vin,
+                      "start": picc.start.isoformat(), "end": end, "status": "in_force",
+                      "issued_at": "2026-12-01T00:00:00Z"}  # fmt: skip
+            event = {
+                "event": "order.paid",
+                "order_id": order_id,
+                "quote_id": picc.quote_id,
+                "insurer_code": "PICC",
+                "policy": policy,
+                "paid_at": "2026-12-01T00:00:00Z",
+            }
+            return json.dumps(event).encode()
+
+        async def deliver(code: str, secret: str, body: bytes) -> tuple[int, str]:
+            url = f"https://127.0.0.1:{world.api_port}/v1/webhooks/insurers/{code}"
+            ts = str(int(time.time()))
+            headers = {"X-CTPL-Timestamp": ts, "X-CTPL-Signature": sign(secret.encode(), ts, body)}
+            tls = ssl.create_default_context(cafile=str(world.pki.ca_cert))
+            async with httpx.AsyncClient(verify=tls) as client:
+                r = await client.post(url, content=body, headers=headers)
+            return r.status_code, r.json().get("error", "")
+
+        # PINGAN, with its own secret and code, says PICC's order is paid, cover to 2099.
+        body = forged("2099-12-31", code="PINGAN")
+        assert await deliver("PINGAN", SECRETS["PINGAN"], body) == (403, "wrong_insurer")
+        # PICC's own webhook before the driver paid: its record shows no payment.
+        assert await deliver("PICC", SECRETS["PICC"], forged("2099-12-31")) == (
+            409, "order_unpaid",
+        )  # fmt: skip
+        insurer = world.insurers["PICC"]
+        insurer.webhook_url = None  # its own delivery waits: the forged one comes first
+        async with httpx.AsyncClient() as phone:  # now the driver pays
+            await phone.post(f"{insurer.url}/v1/orders/{order_id}/pay")
+        # A body claiming cover to 2099 contradicts PICC's record of the order.
+        assert await deliver("PICC", SECRETS["PICC"], forged("2099-12-31")) == (
+            409, "webhook_mismatch",
+        )  # fmt: skip
+        genuine = insurer.webhook_body(insurer.orders[order_id])
+        assert await deliver("PICC", SECRETS["PICC"], genuine) == (200, "")
+        await until(lambda: agent.renewal is not None and agent.renewal.stage == "issued",
+                    "the genuine webhook issued the term")  # fmt: skip
+        await until(lambda: agent.state is not None and agent.state.next_coverage_end == picc.end,
+                    "the insurer's own term on the car")  # fmt: skip
+    finally:
+        await stop(agent, task)
+    c = world.worker.counters
+    assert (c["webhook.wrong_insurer"], c["webhook.order_unpaid"], c["webhook.webhook_mismatch"]) \
+        == (1, 1, 1)  # fmt: skip
+    async with await Store.open(world.db) as store:
+        policy = (await store.load_policies(agent.vid))[agent.vid]
+    assert policy.next_end == picc.end != date(2099, 12, 31)
+
+
+async def test_a_car_cannot_make_the_cloud_ask_the_sources_without_end(
+    world: World, tmp_path: Path
+) -> None:
+    """Each "already renewed" makes the cloud ask every source; a car may cause six such
+    look-ups in ten minutes, the seventh request is refused with rate_limited."""
+    agent, task = await running_agent(world, 1, tmp_path)
+    before = world.national.hits["GET /v1/policies"]
+    try:
+        for n in range(1, 8):
+            intent = await agent.request_renewal("already_renewed")
+
+            def answered(intent: str = intent) -> bool:
+                r = agent.renewal
+                return r is not None and r.intent_id == intent and r.stage != "checking"
+
+            await until(answered, f"request {n} answered")
+        assert agent.renewal is not None
+        assert (agent.renewal.stage, agent.renewal.reason) == ("failed", "rate_limited")
+        shown = agent.head_unit.snapshot()["renewal"]
+        assert shown["texts"]["zh-CN"]["detail"] == "查询过于频繁，请过几分钟再试。"
+    finally:
+        await stop(agent, task)
+    assert world.worker.renewals is not None
+    assert world.worker.renewals.counters["refused.rate_limited"] == 1
+    assert world.national.hits["GET /v1/policies"] - before == 6
