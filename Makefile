@@ -6,9 +6,9 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: bootstrap mosquitto chromium pg pg-tests pg-stop demo test lint format bench clean
+.PHONY: bootstrap mosquitto broker-plugin chromium pg pg-tests pg-stop demo test lint format bench clean
 
-bootstrap: $(STAMP) mosquitto
+bootstrap: $(STAMP) mosquitto broker-plugin
 
 # The venv is rebuilt when pyproject.toml changes.
 $(STAMP): pyproject.toml
@@ -26,6 +26,23 @@ mosquitto:
 	@command -v mosquitto >/dev/null || [ -x /usr/sbin/mosquitto ] || { \
 	  echo "Installing Mosquitto with apt-get"; \
 	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends mosquitto; }
+
+# The broker's identity plugin (broker-config/plugin/, see broker-config/README.md),
+# compiled against Debian's Mosquitto plugin headers (mosquitto-dev, libmosquitto-dev) and
+# OpenSSL's (libssl-dev), installed with apt-get when missing, into var/ (git-ignored).
+# Every broker the tests and the demo start loads it.
+BROKER_PLUGIN := var/broker-plugin/ctpl_identity.so
+broker-plugin: $(BROKER_PLUGIN)
+
+$(BROKER_PLUGIN): broker-config/plugin/ctpl_identity.c | mosquitto
+	@{ [ -e /usr/include/mosquitto_broker.h ] && [ -e /usr/include/mosquitto.h ] && \
+	  [ -e /usr/include/openssl/x509.h ] && command -v gcc >/dev/null; } || { \
+	  echo "Installing the Mosquitto plugin headers, OpenSSL's and gcc with apt-get"; \
+	  $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends \
+	    mosquitto-dev libmosquitto-dev libssl-dev gcc libc6-dev; }
+	@mkdir -p $(@D)
+	gcc -std=gnu11 -O2 -Wall -Wextra -Werror -fPIC -shared -o $@.tmp $< -lcrypto
+	@mv $@.tmp $@
 
 # Chromium from Debian's packages for the head-unit and dashboard browser tests
 # (Playwright drives it; Playwright's own browser download is not used), and a CJK font

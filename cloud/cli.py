@@ -14,7 +14,7 @@ from pathlib import Path
 from .config import CloudConfig
 from .errors import CloudError
 from .logs import configure as configure_logs
-from .pki import DevPki, write_dev_pki
+from .pki import DevPki, issue_cloud_identity, write_dev_pki
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -33,7 +33,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--broker-port", type=int, default=8883)
     s.add_argument("--pki", type=Path, help="a dev PKI directory (sets the key files below)")
     s.add_argument("--ca", type=Path, help="CA certificate the broker's certificate chains to")
-    s.add_argument("--cert", type=Path, help="the cloud's client certificate (CN ctpl-cloud)")
+    s.add_argument(
+        "--cert", type=Path,
+        help="this worker's client certificate (its CN is the client id the broker takes: "
+        "ctpl-cloud-<name>); with --pki and none given, the PKI issues one for --client-id",
+    )  # fmt: skip
     s.add_argument("--key", type=Path, help="the cloud's client key")
     s.add_argument("--signing-key", type=Path, help="the cloud's message-signing key")
     s.add_argument(
@@ -48,6 +52,17 @@ def _parser() -> argparse.ArgumentParser:
         type=Path,
         help="file holding the API's admin token (else $CTPL_ADMIN_TOKEN; else no admin)",
     )
+    s.add_argument(
+        "--metrics-token-file",
+        type=Path,
+        help="file holding the bearer token for GET /metrics (else $CTPL_METRICS_TOKEN; "
+        "else /metrics is refused)",
+    )
+    s.add_argument(
+        "--data-key-file", type=Path,
+        help="the key personal data is sealed with in the store (else $CTPL_DATA_KEY; else, "
+        "for a SQLite store, <db>.key beside it)",
+    )  # fmt: skip
     s.add_argument("--ca-key", type=Path, help="the device CA's key, to issue car certificates")
     s.add_argument("--root-key", type=Path, help="the root key that signs key sets")
     s.add_argument("--api-cert", type=Path, help="the HTTPS API's server certificate")
@@ -88,6 +103,10 @@ def _parser() -> argparse.ArgumentParser:
     k = sub.add_parser("dev-pki", help="make a development CA, broker/cloud certs and car certs")
     k.add_argument("--out", type=Path, required=True, help="directory to write into")
     k.add_argument("--cars", type=int, default=20, help="how many car identities (default 20)")
+    k.add_argument(
+        "--cloud-workers", type=int, default=1,
+        help="how many cloud worker identities, ctpl-cloud-1…N (default 1)",
+    )  # fmt: skip
 
     r = sub.add_parser(
         "roll-signing-key",
@@ -120,16 +139,25 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument(
         "--policies-by-vin", type=Path, help="policies a vehicle gets when it enrolls with a VIN"
     )
+    i.add_argument(
+        "--data-key-file", type=Path,
+        help="the store's data key (else $CTPL_DATA_KEY; else, for SQLite, <db>.key beside it)",
+    )  # fmt: skip
     return p
 
 
 def _admin_token(a: argparse.Namespace, environ: dict[str, str]) -> str | None:
-    if a.admin_token_file is not None:
+    return _token(a.admin_token_file, environ, "CTPL_ADMIN_TOKEN")
+
+
+def _token(path: Path | None, environ: dict[str, str], variable: str) -> str | None:
+    """A secret from ``path`` if given, else from ``$variable``; None if empty."""
+    if path is not None:
         try:
-            return a.admin_token_file.read_text().strip() or None
+            return path.read_text().strip() or None
         except OSError as exc:
-            raise SystemExit(f"ctpl-cloud serve: cannot read {a.admin_token_file}: {exc}") from exc
-    return environ.get("CTPL_ADMIN_TOKEN") or None
+            raise SystemExit(f"ctpl-cloud serve: cannot read {path}: {exc}") from exc
+    return environ.get(variable) or None
 
 
 def _serve_config(a: argparse.Namespace, environ: dict[str, str] | None = None) -> CloudConfig:
@@ -146,12 +174,17 @@ def _serve_config(a: argparse.Namespace, environ: dict[str, str] | None = None) 
         "api_cert_file": a.api_cert,
         "api_key_file": a.api_key,
     }
+    client_id = a.client_id
     if a.pki is not None:
         pki = DevPki(a.pki)
+        # A worker's own identity: the broker takes a client id only equal to the CN.
+        me = issue_cloud_identity(pki, client_id) if a.cert is None else None
+        if me is not None:
+            client_id = me.cn
         defaults = {
             "ca_file": pki.ca_cert,
-            "cert_file": pki.cloud_cert,
-            "key_file": pki.cloud_key,
+            "cert_file": pki.cloud_cert if me is None else me.cert,
+            "key_file": pki.cloud_key if me is None else me.key,
             "signing_key_file": pki.signing_key,
             "ca_key_file": pki.ca_key,
             "root_key_file": pki.root_key,
@@ -172,6 +205,7 @@ def _serve_config(a: argparse.Namespace, environ: dict[str, str] | None = None) 
             f"(and with --http-port: --ca-key --root-key --api-cert --api-key) "
             f"(missing {', '.join(missing)})"
         )
+    env = dict(os.environ) if environ is None else environ
     return CloudConfig.model_validate(
         {
             **files,
@@ -181,13 +215,15 @@ def _serve_config(a: argparse.Namespace, environ: dict[str, str] | None = None) 
             "db_url": None if isinstance(a.db, Path) else a.db,
             "broker_host": a.broker_host,
             "broker_port": a.broker_port,
-            "client_id": a.client_id,
+            "client_id": client_id,
             "fresh_for_s": a.fresh_for,
             "http_host": a.http_host,
             "http_port": a.http_port,
             "crl_file": a.crl or (DevPki(a.pki).crl if a.pki is not None else None),
             "broker_pid_file": a.broker_pid_file,
-            "admin_token": _admin_token(a, dict(os.environ) if environ is None else environ),
+            "admin_token": _admin_token(a, env),
+            "metrics_token": _token(a.metrics_token_file, env, "CTPL_METRICS_TOKEN"),
+            "data_key_file": a.data_key_file,
             **_sources(a.sources),
             "fleet_webhooks": _fleet_webhooks(a.fleet_webhooks),
         }
@@ -230,7 +266,7 @@ async def _import(a: argparse.Namespace) -> None:
     from .fleet_file import import_files
     from .store import Store
 
-    store = await Store.open(a.db)
+    store = await Store.open(a.db, a.data_key_file)
     async with store:
         nv, np = await import_files(store, a.vehicles, a.policies, a.policies_by_vin)
     where = a.db if isinstance(a.db, Path) else where_of(a.db)  # never a password
@@ -262,8 +298,11 @@ def main(argv: list[str] | None = None, *, now: datetime | None = None) -> int:
     )
     try:
         if a.command == "dev-pki":
-            pki = write_dev_pki(a.out, a.cars)
-            print(f"wrote a dev PKI with {a.cars} cars to {pki.root}")
+            pki = write_dev_pki(a.out, a.cars, cloud_workers=a.cloud_workers)
+            print(
+                f"wrote a dev PKI with {a.cars} cars and {a.cloud_workers} cloud worker "
+                f"identities to {pki.root}"
+            )
         elif a.command == "import":
             asyncio.run(_import(a))
         elif a.command == "roll-signing-key":

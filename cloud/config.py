@@ -5,7 +5,7 @@ from typing import Self
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from .pki import DevPki
+from .pki import CLOUD_IDENTITY, DevPki, issue_cloud_identity
 
 
 class InsurerSource(BaseModel):
@@ -81,6 +81,16 @@ class CloudConfig(BaseModel):
     """Per fleet, the URL its alerts are posted to."""
     alert_interval_s: float = Field(5.0, gt=0)
     """How often the fleet monitor evaluates alerts and delivers due webhooks."""
+    allow_loopback_webhooks: bool = False
+    """Development only: fleet alert webhooks may target this host's loopback (plain http
+    too). Every other private, link-local or reserved address stays refused (cloud.outbound)."""
+    metrics_token: SecretStr | None = None
+    """The bearer token Prometheus sends for ``GET /metrics``; None refuses every scrape
+    (docs/operations.md)."""
+    data_key_file: Path | None = None
+    """The key VINs, plates and webhook secrets are sealed with in the store
+    (``cloud.sealing``); ``$CTPL_DATA_KEY`` comes first. None: a SQLite store uses
+    ``<db>.key`` beside it; a PostgreSQL store needs one of the two."""
 
     @model_validator(mode="after")
     def _api_files_when_serving(self) -> Self:
@@ -110,7 +120,17 @@ class CloudConfig(BaseModel):
     def from_pki(
         cls, pki: DevPki, *, db_path: Path, broker_port: int, **kw: object
     ) -> "CloudConfig":
-        """A config that uses the files of a development PKI."""
+        """A config that uses the files of a development PKI.
+
+        ``client_id`` names the worker: unless ``cert_file`` is given, the worker gets the
+        PKI's identity of that name (``cloud.pki.cloud_cn``: ``ctpl-cloud-<name>`` unless the
+        name already is one; issued the first time), and its client id is that CN, as the
+        broker requires.
+        """
+        if "cert_file" not in kw:
+            identity = issue_cloud_identity(pki, str(kw.get("client_id", CLOUD_IDENTITY)))
+            kw = {**kw, "cert_file": identity.cert, "key_file": identity.key}
+            kw["client_id"] = identity.cn
         return cls.model_validate(
             {
                 "ca_file": pki.ca_cert,

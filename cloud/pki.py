@@ -1,16 +1,23 @@
 """Device PKI with cryptography's x509 API: CA, broker, cloud and car certificates, CRL.
 
 ``write_dev_pki`` lays out a complete development PKI for tests and the demo: the
-device CA, the broker's and the HTTPS API's server certificates, the cloud's client
-certificate, its message-signing key, the root key that signs key sets, and cars.
+device CA, the broker's and the HTTPS API's server certificates, a client certificate per
+cloud worker, the cloud's message-signing key, the root key that signs key sets, and cars.
 Every private key file is written with mode 0600.
+
+Identities (the certificate's CN, which the broker's plugin also requires as the MQTT
+client id, broker-config/README.md): a car is its vid; a cloud worker is ``ctpl-cloud-<name>``,
+one certificate per worker, so that workers never share a client id.
 """
 
 import datetime as dt
 import ipaddress
 import json
 import os
+import re
 import secrets
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -23,13 +30,24 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from agent.protocol.keys import generate_private_key, load_private_key, private_pem, public_pem
 
-CLOUD_IDENTITY: Final = "ctpl-cloud"
+CLOUD_IDENTITY: Final = "ctpl-cloud-1"
+"""The dev PKI's first cloud worker (``cloud.crt``); CloudConfig's default client id."""
+CLOUD_CN_RE: Final = re.compile(r"ctpl-cloud(-[a-z0-9-]{1,40})?")
+"""A cloud worker's CN, which is also its client id: the broker plugin's rule, mirrored."""
 _VID_ALPHABET: Final = "abcdefghijklmnopqrstuvwxyz234567"
 
 
 def new_vid() -> str:
     """A fresh opaque vehicle id: ``v`` and 16 random base32 characters (80 bits)."""
     return "v" + "".join(secrets.choice(_VID_ALPHABET) for _ in range(16))
+
+
+def cloud_cn(name: str) -> str:
+    """The cloud identity named ``name``: itself if it is one, else ``ctpl-cloud-<name>``."""
+    cn = name if name.startswith("ctpl-cloud") else f"ctpl-cloud-{name}"
+    if CLOUD_CN_RE.fullmatch(cn) is None:
+        raise ValueError(f"{name!r} cannot name a cloud identity (ctpl-cloud-[a-z0-9-]{{1,40}})")
+    return cn
 
 
 def _name(cn: str) -> x509.Name:
@@ -151,6 +169,15 @@ def cert_pem(cert: x509.Certificate) -> bytes:
 
 
 @dataclass(frozen=True)
+class CloudIdentity:
+    """A cloud worker's client certificate and key; ``cn`` is also its MQTT client id."""
+
+    cn: str
+    cert: Path
+    key: Path
+
+
+@dataclass(frozen=True)
 class DevPki:
     """Paths of a development PKI laid out by ``write_dev_pki``."""
 
@@ -173,6 +200,14 @@ class DevPki:
     api_key = property(lambda self: self.root / "api.key")
     vehicles_file = property(lambda self: self.root / "vehicles.json")
 
+    def cloud_identity(self, cn: str) -> CloudIdentity:
+        """Where cloud worker ``cn``'s certificate and key live (``issue_cloud_identity``)."""
+        if cn == CLOUD_IDENTITY:
+            return CloudIdentity(cn, self.cloud_cert, self.cloud_key)
+        return CloudIdentity(
+            cn, self.root / "clouds" / cn / "cloud.crt", self.root / "clouds" / cn / "cloud.key"
+        )
+
     def car_dir(self, vid: str) -> Path:
         """Where car ``vid``'s key and certificate live."""
         return self.root / "cars" / vid
@@ -183,10 +218,43 @@ class DevPki:
         return [v["vid"] for v in data]
 
 
+def issue_cloud_identity(pki: DevPki, name: str, *, days: int = 365) -> CloudIdentity:
+    """Cloud worker ``name``'s identity (``cloud_cn``), issued by the PKI's CA the first time.
+
+    Safe when several processes ask at once: the key and certificate are written into a
+    directory of their own, which is renamed into place; a loser of the race uses the winner's.
+    """
+    identity = pki.cloud_identity(cloud_cn(name))
+    if identity.cert.exists():
+        return identity
+    ca = CertificateAuthority.load(pki.ca_cert, pki.ca_key)
+    final = identity.cert.parent
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{identity.cn}.", dir=final.parent))
+    try:
+        key = generate_private_key()
+        write_private(staging / identity.key.name, private_pem(key))
+        cert = ca.issue(identity.cn, key.public_key(), days=days)
+        (staging / identity.cert.name).write_bytes(cert_pem(cert))
+        try:
+            staging.rename(final)
+        except OSError:
+            if not identity.cert.exists():
+                raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return identity
+
+
 def write_dev_pki(
-    root: Path, cars: int, *, hosts: tuple[str, ...] = ("localhost", "127.0.0.1")
+    root: Path,
+    cars: int,
+    *,
+    hosts: tuple[str, ...] = ("localhost", "127.0.0.1"),
+    cloud_workers: int = 1,
 ) -> DevPki:
-    """Create a CA, broker, API and cloud certificates, signing and root keys, ``cars`` cars.
+    """Create a CA, broker, API certificates, ``cloud_workers`` cloud worker identities
+    (``ctpl-cloud-1`` … ``-N``), signing and root keys, ``cars`` cars.
 
     ``vehicles.json`` lists each car's vid, VIN and certificate path, for import into the cloud.
     """
@@ -206,6 +274,8 @@ def write_dev_pki(
     cloud_key = generate_private_key()
     write_private(pki.cloud_key, private_pem(cloud_key))
     pki.cloud_cert.write_bytes(cert_pem(ca.issue(CLOUD_IDENTITY, cloud_key.public_key(), days=365)))
+    for n in range(2, cloud_workers + 1):
+        issue_cloud_identity(pki, f"ctpl-cloud-{n}")
     signing = generate_private_key()
     write_private(pki.signing_key, private_pem(signing))
     pki.signing_pub.write_bytes(public_pem(signing.public_key()))

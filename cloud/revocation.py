@@ -1,28 +1,27 @@
-"""Cutting a revoked car off the broker: CRL file, broker reload, and a kick.
+"""Cutting a revoked car off the broker: the CRL file and a broker reload.
 
-Mosquitto 2.0 checks the CRL only when a connection is made, and rereads it only on
-SIGHUP; it never drops a client that is already connected. So revoking takes three
-steps, in this order: write the new CRL (atomically), make the broker reload it, then
-connect once with the car's vid as client id, which makes Mosquitto end the car's
-session (MQTT session takeover) before this connection leaves. The car's reconnect
-then fails the TLS handshake.
+Mosquitto 2.0 checks the CRL when a connection is made and rereads it only on SIGHUP. The
+broker's identity plugin (broker-config/plugin/) rereads the same CRL on SIGHUP, and
+Mosquitto then re-authenticates every connected client through it: one whose certificate
+is now revoked is disconnected at once, and its reconnect fails the TLS handshake. So
+revoking takes two steps, in this order: write the new CRL (atomically), then make the
+broker reload it.
+
+(Before the plugin, the cloud ended the car's session by connecting with the car's vid as
+client id; the broker now refuses any client id that is not the certificate's CN.)
 """
 
 import asyncio
 import logging
 import os
 import signal
-import ssl
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from agent.protocol import topics
-
-from .errors import CloudError, LinkError
-from .link import MqttLink
+from .errors import CloudError
 from .pki import CertificateAuthority
 
 log = logging.getLogger(__name__)
@@ -77,39 +76,22 @@ class BrokerControl:
         ca: CertificateAuthority,
         crl_path: Path,
         reload: Callable[[], None],
-        broker_host: str,
-        broker_port: int,
-        tls: ssl.SSLContext,
     ) -> None:
         self._ca = ca
         self._crl_path = crl_path
         self._reload = reload
-        self._host = broker_host
-        self._port = broker_port
-        self._tls = tls
         self._lock = asyncio.Lock()
 
     async def publish_crl(self, revoked_serials: list[int]) -> None:
-        """Rewrite the CRL and make the broker reload it."""
+        """Rewrite the CRL and make the broker reload it, which disconnects revoked clients."""
         async with self._lock:
             await asyncio.to_thread(write_crl, self._ca, self._crl_path, revoked_serials)
             self._reload()
 
-    async def kick(self, vid: str, timeout_s: float = 5.0) -> None:
-        """End ``vid``'s current session at the broker, if it has one."""
-        topics.check_vid(vid)
-        link = MqttLink(client_id=vid, tls=self._tls, on_message=lambda _t, _p: None)
-        try:
-            await link.connect(self._host, self._port, timeout_s)
-        except LinkError as exc:
-            raise RevocationError(f"cannot reach the broker to disconnect {vid}: {exc}") from exc
-        await link.close()
-
     async def revoke(self, vid: str, revoked_serials: list[int]) -> None:
-        """CRL, reload, kick: after this the car is off and cannot come back."""
+        """CRL, reload: after this the car is off and cannot come back."""
         await self.publish_crl(revoked_serials)
-        await self.kick(vid)
-        log.info("revoked %s: CRL rewritten, broker reloaded, session ended", vid)
+        log.info("revoked %s: CRL rewritten, broker reloaded (it disconnects the car)", vid)
 
     async def refresh_every(
         self, serials: Callable[[], Awaitable[list[int]]], period_s: float = 86400.0

@@ -154,10 +154,10 @@ class Worker:
 
     async def run(self) -> None:
         """Load the store, connect, and serve requests until cancelled."""
-        store = await Store.open(self.config.store_target)
+        store = await Store.open(self.config.store_target, self.config.data_key_file)
         # The hot path's own connection: counters only, so its commits never wait on
         # (or fold into) a transaction of the hooks that use ``store``.
-        counters_store = await Store.open(self.config.store_target)
+        counters_store = await Store.open(self.config.store_target, self.config.data_key_file)
         try:
             self.handler = RequestHandler(
                 vehicles=await store.load_vehicles(),
@@ -208,7 +208,7 @@ class Worker:
         # Imported here: a worker without the API does not pay for FastAPI.
         from .api import create_app, serve_api
 
-        store = await Store.open(self.config.store_target)
+        store = await Store.open(self.config.store_target, self.config.data_key_file)
         try:
             app = create_app(
                 self.config,
@@ -405,9 +405,6 @@ class Worker:
             ca=CertificateAuthority.load(c.ca_file, c.ca_key_file),
             crl_path=c.crl_file,
             reload=reload,
-            broker_host=c.broker_host,
-            broker_port=c.broker_port,
-            tls=tls_context(c.ca_file, c.cert_file, c.key_file),
         )
 
     async def _connection_loop(self, link: MqttLink) -> None:

@@ -93,7 +93,7 @@ class _LoadCar:
         self.sent_at = 0.0
         self.vid = vid
         self.tls = tls_context(pki.ca_cert, d / "car.crt", d / "car.key")
-        self.link = LeanClient(f"{vid}-bench", self._on_message)
+        self.link = LeanClient(vid, self._on_message)  # client id = the certificate's CN
         self.on_reply: Callable[[_LoadCar, str], None] | None = None
 
     def _on_message(self, topic: str, _payload: bytes) -> None:

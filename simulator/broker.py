@@ -1,7 +1,8 @@
 """Run Mosquitto from ``broker-config/`` on a free local port, for tests, the demo and benches.
 
 Only site values change (listener port, file paths, log destination); every policy
-setting and the ACL file are used exactly as shipped.
+setting, the ACL file and the identity plugin (built by ``make broker-plugin``) are used
+exactly as shipped.
 """
 
 import getpass
@@ -17,12 +18,17 @@ from typing import Final
 from cloud.pki import DevPki
 
 BROKER_CONFIG_DIR: Final = Path(__file__).resolve().parent.parent / "broker-config"
+PLUGIN_SOURCE: Final = BROKER_CONFIG_DIR / "plugin" / "ctpl_identity.c"
+PLUGIN_PATH: Final = BROKER_CONFIG_DIR.parent / "var" / "broker-plugin" / "ctpl_identity.so"
+"""Where ``make broker-plugin`` (a step of ``make bootstrap``) builds the identity plugin."""
 _SITE_KEYS: Final = frozenset(
     {
         "user",
         "pid_file",
         "listener",
         "acl_file",
+        "plugin",
+        "plugin_opt_crl_file",
         "persistence_location",
         "cafile",
         "certfile",
@@ -54,6 +60,22 @@ def find_mosquitto() -> str:
     return path
 
 
+def find_plugin(path: Path = PLUGIN_PATH) -> Path:
+    """The built identity plugin; raise BrokerError if it is missing or older than its source."""
+    if not path.exists():
+        raise BrokerError(
+            f"the broker's identity plugin {path} is missing: build it with `make broker-plugin` "
+            "(make bootstrap, make test and make demo do); a broker without it would refuse "
+            "every client"
+        )
+    if PLUGIN_SOURCE.exists() and path.stat().st_mtime < PLUGIN_SOURCE.stat().st_mtime:
+        raise BrokerError(
+            f"the broker's identity plugin {path} is older than {PLUGIN_SOURCE.name}: "
+            "rebuild it with `make broker-plugin`"
+        )
+    return path
+
+
 def render_config(pki: DevPki, workdir: Path, port: int, host: str = "127.0.0.1") -> Path:
     """Write broker-config/mosquitto.conf with this site's values into ``workdir``."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -64,6 +86,8 @@ def render_config(pki: DevPki, workdir: Path, port: int, host: str = "127.0.0.1"
         "pid_file": str(workdir / "mosquitto.pid"),
         "listener": f"{port} {host}",
         "acl_file": str(BROKER_CONFIG_DIR / "acl"),
+        "plugin": str(find_plugin()),
+        "plugin_opt_crl_file": str(pki.crl),
         "persistence_location": f"{workdir / 'data'}/",
         "cafile": str(pki.ca_cert),
         "certfile": str(pki.broker_cert),

@@ -18,7 +18,7 @@ from agent.protocol.envelope import Signer
 from agent.protocol.keys import load_private_key
 from agent.protocol.messages import PolicyState
 from agent.runner import Agent
-from cloud.pki import DevPki, write_dev_pki
+from cloud.pki import DevPki, issue_cloud_identity, write_dev_pki
 from simulator.broker import Mosquitto
 
 WAIT_S = 5.0
@@ -107,11 +107,12 @@ class FakeCloud:
         self._loop = loop
         self._subscribed = threading.Event()
         self._broker = broker
+        ident = issue_cloud_identity(pki, "fake")  # its own worker identity: client id = CN
         self.client = mqtt.Client(
-            CallbackAPIVersion.VERSION2, client_id="fake-cloud", protocol=mqtt.MQTTv5
+            CallbackAPIVersion.VERSION2, client_id=ident.cn, protocol=mqtt.MQTTv5
         )
         self.client.tls_set(
-            ca_certs=str(pki.ca_cert), certfile=str(pki.cloud_cert), keyfile=str(pki.cloud_key)
+            ca_certs=str(pki.ca_cert), certfile=str(ident.cert), keyfile=str(ident.key)
         )
         self.client.on_message = self._on_message
         self.client.on_subscribe = lambda *_: self._subscribed.set()

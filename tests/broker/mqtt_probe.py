@@ -1,8 +1,9 @@
 """A bare paho-mqtt v5 client that records what the broker answers, every wait bounded.
 
 A ``Probe`` connects once (no automatic reconnect), and keeps the CONNACK, every
-SUBACK and PUBACK reason code, every message received and how the connection
-ended, so that a test can assert on what the broker really did.
+SUBACK and PUBACK reason code, every message received and how and when the connection
+ended, so that a test can assert on what the broker really did. A probe's client id is
+its certificate's CN unless a test says otherwise: the broker refuses any other.
 """
 
 import contextlib
@@ -19,10 +20,11 @@ from typing import Any, Final
 
 import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from cloud.pki import DevPki
+from cloud.pki import CLOUD_IDENTITY, DevPki, issue_cloud_identity
 from simulator.broker import Mosquitto
 
 WAIT_S: Final = 5.0
@@ -33,6 +35,12 @@ QUIET_S: Final = 0.5
 
 NOT_AUTHORIZED: Final = 135
 """MQTT 5 reason code 0x87 "Not authorized"."""
+
+GRANTED: Final = [1]
+"""The SUBACK of one filter granted at QoS 1."""
+
+REFUSED: Final = [NOT_AUTHORIZED]
+"""The SUBACK of one filter the broker refused."""
 
 
 def poll_until(what: str, pred: Callable[[], bool], timeout_s: float = WAIT_S) -> None:
@@ -108,11 +116,15 @@ class Probe:
     context: TrackingContext | None
     client_id: str = ""
     username: str | None = None
+    clean_start: bool = True
+    session_expiry_s: int | None = None
     connack: ReasonCode | None = None
     connack_properties: Properties | None = None
     connect_error: BaseException | None = None
     disconnect: ReasonCode | None = None
     closed: bool = False
+    closed_at: float | None = None
+    """time.monotonic() when the connection ended."""
     messages: list[Received] = field(default_factory=list)
     subacks: dict[int, list[int]] = field(default_factory=dict)
     pubacks: dict[int, int] = field(default_factory=dict)
@@ -123,7 +135,7 @@ class Probe:
         self._started = False
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2,
-            client_id=self.client_id or self.name,
+            client_id=self.client_id,
             protocol=mqtt.MQTTv5,
             reconnect_on_failure=False,
         )
@@ -149,6 +161,7 @@ class Probe:
         with self._cond:
             self.disconnect = rc
             self.closed = True
+            self.closed_at = time.monotonic()
             self._cond.notify_all()
 
     def _on_message(self, _c: Any, _u: Any, msg: mqtt.MQTTMessage) -> None:
@@ -192,8 +205,14 @@ class Probe:
     # ---- actions ----------------------------------------------------------
     def try_connect(self, timeout_s: float = WAIT_S) -> bool:
         """Connect and wait for CONNACK or the end of the connection; True if accepted."""
+        props = None
+        if self.session_expiry_s is not None:
+            props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            props.SessionExpiryInterval = self.session_expiry_s
         try:
-            self.client.connect(self.host, self.port, keepalive=30, clean_start=True)
+            self.client.connect(
+                self.host, self.port, keepalive=30, clean_start=self.clean_start, properties=props
+            )
         except OSError as exc:
             self.connect_error = exc
             return False
@@ -272,15 +291,22 @@ class Clients:
         *,
         client_id: str | None = None,
         username: str | None = None,
+        clean_start: bool = True,
+        session_expiry_s: int | None = None,
     ) -> Probe:
-        """A probe with any TLS context, or none for plain TCP; not yet connected."""
+        """A probe with any TLS context, or none for plain TCP; not yet connected.
+
+        Its client id is ``name`` (for a car, its vid: its certificate's CN) unless given.
+        """
         probe = Probe(
-            name,
+            f"{name}#{next(self._ids)}",
             self.broker.host,
             self.broker.port,
             context,
-            client_id=client_id or f"{name}-t{next(self._ids)}",
+            client_id=name if client_id is None else client_id,
             username=username,
+            clean_start=clean_start,
+            session_expiry_s=session_expiry_s,
         )
         self._probes.append(probe)
         return probe
@@ -296,6 +322,8 @@ class Clients:
         ciphers: str | None = None,
         client_id: str | None = None,
         username: str | None = None,
+        clean_start: bool = True,
+        session_expiry_s: int | None = None,
     ) -> Probe:
         """A probe presenting car ``vid``'s certificate (or ``cert``/``key``); not yet connected."""
         ctx = client_context(
@@ -306,15 +334,27 @@ class Clients:
             tls_max=tls_max,
             ciphers=ciphers,
         )
-        return self.probe(vid, ctx, client_id=client_id, username=username)
+        return self.probe(
+            vid,
+            ctx,
+            client_id=client_id,
+            username=username,
+            clean_start=clean_start,
+            session_expiry_s=session_expiry_s,
+        )
 
-    def cloud(self, *, subscribe: bool = True) -> Probe:
-        """A connected probe with the cloud identity, in the cloud's shared subscription."""
-        ctx = client_context(self.pki.ca_cert, self.pki.cloud_cert, self.pki.cloud_key)
-        probe = self.probe("cloud", ctx).connect()
+    def cloud_probe(self, worker: str = CLOUD_IDENTITY, *, client_id: str | None = None) -> Probe:
+        """A probe with cloud worker ``worker``'s own certificate (issued if new); not connected."""
+        identity = issue_cloud_identity(self.pki, worker)
+        ctx = client_context(self.pki.ca_cert, identity.cert, identity.key)
+        return self.probe(identity.cn, ctx, client_id=client_id)
+
+    def cloud(self, worker: str = CLOUD_IDENTITY, *, subscribe: bool = True) -> Probe:
+        """A connected cloud worker ``worker``, in the cloud's shared subscription."""
+        probe = self.cloud_probe(worker).connect()
         if subscribe:
             codes = probe.subscribe("$share/cloud/ctpl/v1/+/up/#")
-            assert codes == [1], f"cloud SUBACK {codes}"
+            assert codes == GRANTED, f"cloud SUBACK {codes}"
         return probe
 
     def close_all(self) -> None:

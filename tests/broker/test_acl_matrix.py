@@ -4,9 +4,9 @@ The cars get their identities the production way: a fleet, claim tokens, and
 ``ctpl-agent enroll`` against the cloud's real HTTPS API (no pre-baked certificates).
 
 Each forged publish must be refused with PUBACK 135 and never reach anyone; each
-foreign or wildcard subscription may be granted (Mosquitto 2.0 filters on delivery)
-but must deliver nothing foreign. The figure the issue asks for is the count of
-attempts that succeeded: it must be 0.
+foreign or wildcard subscription must be refused with SUBACK 135 (the identity plugin)
+and deliver nothing foreign. The figure the issue asks for is the count of attempts
+that succeeded: it must be 0.
 """
 
 import asyncio
@@ -24,7 +24,7 @@ from cloud.worker import Worker
 from simulator.broker import Mosquitto, free_port
 from simulator.enroller import create_fleet, enroll_cars
 
-from .mqtt_probe import NOT_AUTHORIZED, Clients, Probe
+from .mqtt_probe import GRANTED, NOT_AUTHORIZED, REFUSED, Clients, Probe
 
 CARS = 20
 UP_KINDS = ("up/status", "up/renewal", "up/event", "presence")
@@ -99,13 +99,14 @@ def test_no_car_can_touch_another_cars_topics_or_the_wildcards(
 
     attempts = succeeded = 0
     for a, car in cars.items():
+        assert car.subscribe(f"ctpl/v1/{a}/down/#") == GRANTED
         for b in vids:
             if b != a:
-                car.subscribe(f"ctpl/v1/{b}/down/#")
                 attempts += 1
+                succeeded += car.subscribe(f"ctpl/v1/{b}/down/#") != REFUSED
         for pattern in WILDCARDS:
-            car.subscribe(pattern)
             attempts += 1
+            succeeded += car.subscribe(pattern) != REFUSED
     for (a, car), b in itertools.product(cars.items(), vids):
         if b == a:
             continue

@@ -3,8 +3,10 @@
 import re
 from pathlib import Path
 
+import pytest
+
 from cloud.pki import DevPki
-from simulator.broker import BROKER_CONFIG_DIR, render_config
+from simulator.broker import BROKER_CONFIG_DIR, BrokerError, find_plugin, render_config
 
 CONF = BROKER_CONFIG_DIR / "mosquitto.conf"
 ACL = BROKER_CONFIG_DIR / "acl"
@@ -42,6 +44,8 @@ SITE_KEYS = frozenset(
         "pid_file",
         "listener",
         "acl_file",
+        "plugin",
+        "plugin_opt_crl_file",
         "persistence_location",
         "cafile",
         "certfile",
@@ -80,7 +84,11 @@ def test_policy_settings_have_the_values_the_readme_explains() -> None:
     settings = dict(_settings(CONF))
     assert settings["allow_anonymous"] == "false"
     assert settings["require_certificate"] == "true"
-    assert settings["use_identity_as_username"] == "true"
+    # The identity plugin sets the username from the certificate: with true, Mosquitto 2.0
+    # would never call it at CONNECT (so a wrong client id could not be refused).
+    assert settings["use_identity_as_username"] == "false"
+    assert settings["plugin"].endswith("/ctpl_identity.so")
+    assert settings["plugin_opt_crl_file"] == settings["crlfile"]
     assert settings["tls_version"] == "tlsv1.2"
     assert settings["max_packet_size"] == "65536"
     assert settings["max_qos"] == "1"
@@ -97,11 +105,32 @@ def test_the_harness_changes_only_site_values(broker_pki: DevPki, tmp_path: Path
     assert changed <= SITE_KEYS
     assert dict(used)["listener"] == "18883 127.0.0.1"
     assert dict(used)["acl_file"] == str(ACL)
+    assert dict(used)["plugin"] == str(find_plugin())
+    assert dict(used)["plugin_opt_crl_file"] == dict(used)["crlfile"] == str(broker_pki.crl)
+
+
+def test_the_plugin_is_loaded_before_its_options_and_outside_the_listener() -> None:
+    keys = [k for k, _ in _settings(CONF)]
+    assert keys.count("plugin") == 1
+    plugin_at = keys.index("plugin")
+    assert plugin_at < keys.index("listener"), "the plugin belongs to the global section"
+    options = [i for i, k in enumerate(keys) if k.startswith("plugin_opt_")]
+    assert options and all(plugin_at < i < keys.index("listener") for i in options)
+
+
+def test_the_harness_refuses_to_start_without_the_built_plugin(tmp_path: Path) -> None:
+    with pytest.raises(BrokerError, match="make broker-plugin"):
+        find_plugin(tmp_path / "ctpl_identity.so")
 
 
 def test_acl_never_trusts_the_client_id() -> None:
     # Any client may claim any client id; only the certificate's CN (%u) is authenticated.
     assert "%c" not in ACL.read_text()
+
+
+def test_acl_grants_the_cloud_nothing_the_plugin_grants_it() -> None:
+    # An ACL file cannot name a CN prefix (ctpl-cloud-<name>): no user block at all.
+    assert not [line for line in ACL.read_text().splitlines() if line.startswith(("user", "topic"))]
 
 
 def test_acl_grants_cars_only_their_own_subtree() -> None:

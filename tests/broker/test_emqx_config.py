@@ -6,9 +6,10 @@ EMQX is not installed here, so these tests model what can be modelled honestly:
   its source (``emqx_authz_rule``, ``emqx_topic``, ``emqx_channel``): first matching rule
   wins, ``${username}`` rendered per client, a SUBSCRIBE's filter matched *as a topic*
   against each rule's filter, ``$share/<group>/<filter>`` authorized as ``<filter>``, and
-  ``authorization.no_match`` when nothing matches. Its verdicts must equal the Mosquitto
-  ACL's (``broker-config/acl``, evaluated the Mosquitto way) for cars and the cloud on
-  every concrete topic, and SUBSCRIBE must refuse what Mosquitto 2.0 let through.
+  ``authorization.no_match`` when nothing matches. Its verdicts must equal Mosquitto's
+  (``broker-config/acl`` evaluated the Mosquitto way for cars; the identity plugin's rules,
+  mirrored here, for the cloud, which the ACL file no longer names) for cars and the cloud
+  on every concrete topic, and SUBSCRIBE must refuse what Mosquitto 2.0's ACL let through.
 - ``emqx.conf`` is parsed as HOCON (the subset it uses) and its security settings are
   checked; the ``cinfo`` authenticator's checks are evaluated for the client-id binding.
 
@@ -26,6 +27,7 @@ import pytest
 
 from agent.protocol import topics
 from agent.protocol.topics import CLOUD_SHARED_SUBSCRIPTION
+from cloud.pki import CLOUD_CN_RE
 
 BROKER_CONFIG = Path(__file__).resolve().parents[2] / "broker-config"
 EMQX_DIR = BROKER_CONFIG / "emqx"
@@ -285,6 +287,12 @@ class MosquittoAcl:
 
     def allows(self, client: Client, access: str, topic: str) -> bool:
         """``access`` is ``read`` (delivery) or ``write`` (publish)."""
+        if CLOUD_CN_RE.fullmatch(client.username):
+            # The identity plugin (broker-config/plugin/) alone grants cloud workers:
+            # read ctpl/v1/#, write ctpl/v1/<vid>/down/<kind>.
+            if access == "read":
+                return mqtt_topic_matches("ctpl/v1/#", topic)
+            return mqtt_topic_matches("ctpl/v1/+/down/+", topic)
         grants = list(self.user_topics.get(client.username, []))
         grants += [
             (a, p.replace("%u", client.username).replace("%c", client.clientid))
@@ -553,11 +561,11 @@ def test_the_model_authorizes_a_shared_subscription_as_its_real_filter() -> None
 # ---- acl.conf --------------------------------------------------------------------------
 
 
-def test_acl_conf_is_four_rules_ending_in_deny_all(acl_terms: list[Term]) -> None:
+def test_acl_conf_is_five_rules_ending_in_deny_all(acl_terms: list[Term]) -> None:
     rules = compile_rules(acl_terms)
-    assert len(rules) == 4
+    assert len(rules) == 5
     assert acl_terms[-1] == (Atom("deny"), Atom("all"))
-    assert [r.permission for r in rules] == ["allow", "allow", "allow", "deny"]
+    assert [r.permission for r in rules] == ["allow", "allow", "allow", "allow", "deny"]
 
 
 def test_acl_conf_uses_emqx5_placeholders_and_no_dead_share_rule() -> None:
@@ -656,6 +664,8 @@ def test_the_cloud_reads_and_writes_every_car_through_its_shared_subscription(
         for filter_ in ("#", "$SYS/#", "other/#", "$share/cloud/#"):
             assert not emqx.allows(worker, "subscribe", filter_)
         assert not emqx.allows(worker, "publish", "other/topic")
+        assert not emqx.allows(worker, "publish", topics.up(CAR_A, "status"))
+        assert not emqx.allows(worker, "publish", topics.presence(CAR_A))
 
 
 @pytest.mark.parametrize("username", ["mallory", "v123", "ctpl-fleet", "VAAAAAAA1"])

@@ -31,7 +31,7 @@ class Car:
         self.cloud_keys = {kid_for(k): k for k in [load_public_key(pki.signing_pub.read_bytes())]}
         self.inbox: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue()
         self.link = MqttLink(
-            client_id=f"{vid}-test-{time.monotonic_ns()}",
+            client_id=vid,  # the broker takes only the certificate's CN
             tls=tls_context(pki.ca_cert, d / "car.crt", d / "car.key"),
             on_message=lambda t, p: self.inbox.put_nowait((t, p)),
             subscriptions=(topics.down_filter(vid),),

@@ -27,7 +27,7 @@ import pytest
 from agent.protocol import envelope, messages
 from agent.runner import Agent
 from cloud.fleet_file import import_files
-from cloud.pki import DevPki
+from cloud.pki import DevPki, issue_cloud_identity
 from cloud.store import Store
 from simulator.broker import Mosquitto, free_port
 from simulator.cars import car_config
@@ -44,6 +44,7 @@ HANDLED = ("ctpl_requests_accepted", "ctpl_requests_rejected")
 CONFLICTS = 'ctpl_worker_events_total{event="counters.conflicts"}'
 NEW_INTENTS = 'ctpl_intents_total{result="new"}'
 CTPL_CLOUD = Path(sys.executable).parent / "ctpl-cloud"
+METRICS_TOKEN = "m" * 32
 
 
 class WorkerProcess:
@@ -59,15 +60,18 @@ class WorkerProcess:
     def _start(
         self, pki: DevPki, broker: Mosquitto, db: str, n: int, log: BinaryIO
     ) -> "subprocess.Popen[bytes]":
+        # A certificate per worker: the broker requires the client id to be its CN.
+        me = issue_cloud_identity(pki, f"test-worker-{n}")
         return subprocess.Popen(
             [
                 str(CTPL_CLOUD), "serve", "--pki", str(pki.root), "--db", db,
-                "--broker-port", str(broker.port), "--client-id", f"test-worker-{n}",
+                "--broker-port", str(broker.port), "--client-id", me.cn,
+                "--cert", str(me.cert), "--key", str(me.key),
                 "--http-port", str(self.http_port),
             ],
             stdout=subprocess.DEVNULL,
             stderr=log,
-            env={**os.environ, "CTPL_ADMIN_TOKEN": "a" * 32},
+            env={**os.environ, "CTPL_ADMIN_TOKEN": "a" * 32, "CTPL_METRICS_TOKEN": METRICS_TOKEN},
         )  # fmt: skip
 
     def connected(self) -> bool:
@@ -78,7 +82,10 @@ class WorkerProcess:
     async def metrics(self) -> dict[str, float]:
         """The worker's counters: metric name (with labels) → value."""
         async with httpx.AsyncClient(verify=ssl.create_default_context(cafile=self.ca)) as client:
-            text = (await client.get(f"https://127.0.0.1:{self.http_port}/metrics")).text
+            r = await client.get(f"https://127.0.0.1:{self.http_port}/metrics",
+                                 headers={"Authorization": f"Bearer {METRICS_TOKEN}"})  # fmt: skip
+        assert r.status_code == 200, r.text  # a refused scrape must not read as no counters
+        text = r.text
         return {
             m[1]: float(m[2])
             for m in re.finditer(r"^(ctpl_\S+) (\S+)$", text, re.M)
