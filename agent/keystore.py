@@ -33,6 +33,7 @@ from .protocol.keys import (
     generate_private_key,
     kid_for,
     load_private_key,
+    low_s,
     private_pem,
     sign_raw,
 )
@@ -124,7 +125,9 @@ class KeySigner:
         """The envelope bytes carrying ``body`` signed for ``topic``."""
         if len(body) > MAX_BODY_BYTES:
             raise EnvelopeError(f"body of {len(body)} bytes exceeds {MAX_BODY_BYTES}")
-        sig = self._keys.sign(signing_input(topic, body))
+        # Low-S whatever the key store gives (a secure element may not normalise): the
+        # receivers refuse the high-S twin of a signature (malleability).
+        sig = low_s(self._keys.sign(signing_input(topic, body)))
         return (
             f'{{"v":1,"alg":"ES256","kid":"{self.kid}",'
             f'"body":"{b64url(body)}","sig":"{b64url(sig)}"}}'

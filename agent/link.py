@@ -2,7 +2,9 @@
 
 The only module that imports aiomqtt/paho; their errors become LinkError here.
 The session is persistent (clean_start False, a session expiry interval), so the
-broker queues the car's down messages while it is away.
+broker queues the car's down messages while it is away. The CONNECT tells the broker
+the largest packet the car takes (``MAX_PACKET_BYTES``): an MQTT 5 broker never sends
+a larger one (it drops the message instead), so junk of any size costs the car nothing.
 """
 
 import asyncio
@@ -23,8 +25,16 @@ from paho.mqtt.reasoncodes import ReasonCode
 from .config import AgentConfig
 from .errors import ConfigError, LinkError
 from .protocol import topics
+from .protocol.envelope import MAX_ENVELOPE_BYTES
 
 QOS: Final = 1
+MAX_PACKET_BYTES: Final = 2 * MAX_ENVELOPE_BYTES
+"""MQTT 5 Maximum Packet Size the car announces: 16 KiB. The largest valid message is an
+envelope of at most 8 KiB (a 4 KiB body in base64url is ≈ 5.5 KiB, plus the signature
+and fields, with room for whitespace); its PUBLISH adds a fixed header (≤ 5 bytes), the
+topic (≈ 50 bytes), a packet id and any properties the broker forwards. Doubling the
+envelope limit keeps a margin of 8 KiB for those and still refuses anything absurd (the
+broker's own limit, for every client, is 64 KiB)."""
 ONLINE: Final = b"online"
 OFFLINE: Final = b"offline"
 _NODELAY: Final = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -88,6 +98,7 @@ class _SessionFlag:
 def _client(config: AgentConfig, tls: ssl.SSLContext) -> aiomqtt.Client:
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = config.session_expiry_s
+    props.MaximumPacketSize = MAX_PACKET_BYTES
     return aiomqtt.Client(
         config.broker_host,
         config.broker_port,

@@ -37,6 +37,7 @@ from typing import Final
 
 from . import (
     display,
+    drop_log,
     head_unit_http,
     identity,
     inbox,
@@ -84,6 +85,9 @@ STABLE_S: Final = 60.0
 """A session that lasted this long resets the reconnect backoff."""
 SENT_KEPT: Final = 64
 """How many recent status requests' send times are kept to anchor their replies."""
+DROP_LOG_TICK_S: Final = 10.0
+"""How often ended drop-log windows are summarised: a summary comes 60–70 s after its
+window opened, even when the flood has stopped."""
 
 
 class _StopRequested(Exception):
@@ -133,6 +137,7 @@ class Agent:
         self.time_events: Counter[str] = Counter()
         self.intent_events: Counter[str] = Counter()
         self.head_unit_requests: Counter[str] = Counter()
+        self._drops = drop_log.DropLog()
         self.sync = sync.Sync()
         self._first_ask: int | None = None
         self._clock = clock or SystemClock()
@@ -238,11 +243,15 @@ class Agent:
                         tg.create_task(
                             self._save_floor_periodically(store), name=f"agent-{vid}-time"
                         ),
+                        tg.create_task(
+                            self._log_drops_periodically(), name=f"agent-{vid}-drop-log"
+                        ),
                     ]
                     await self._stay_connected(store)
                     for task in side:
                         task.cancel()
                 await self._save_floor(store)
+                self._log_drops(self._drops.flush(self._clock.monotonic()))
             finally:
                 self._store = None
                 if self.sync.phase is not sync.Phase.STOPPED:
@@ -751,8 +760,34 @@ class Agent:
         self.head_unit.poke()
 
     def _count_drop(self, reason: str, detail: str, topic: str) -> None:
+        """Count every drop; log the first of a reason, then a count a minute (drop_log)."""
         self.counters[reason] += 1
-        log.warning("%s: dropped message on %.128s: %s: %s", self.config.vid, topic, reason, detail)
+        now = self._clock.monotonic()
+        self._log_drops(self._drops.due(now))
+        if self._drops.dropped(reason, now):
+            log.warning(
+                "%s: dropped message on %.128s: %s: %.256s (more of these: one line a minute)",
+                self.config.vid,
+                topic,
+                reason,
+                detail,
+            )
+
+    def _log_drops(self, summaries: list[drop_log.Summary]) -> None:
+        for s in summaries:
+            log.warning(
+                "%s: dropped %d more messages (%s) in the last %.0f s; %d since start",
+                self.config.vid,
+                s.count,
+                s.reason,
+                s.seconds,
+                self.counters[s.reason],
+            )
+
+    async def _log_drops_periodically(self) -> None:
+        while True:
+            await asyncio.sleep(DROP_LOG_TICK_S)
+            self._log_drops(self._drops.due(self._clock.monotonic()))
 
 
 def _bus_of(config: AgentConfig) -> VehicleBus | None:

@@ -4,7 +4,9 @@ The only module that imports fastapi, starlette and uvicorn. ``create_app`` buil
 app; ``serve_api`` runs it in the caller's event loop, beside the MQTT worker. Every
 refusal is ``{"error": {"code", "message"}}``, counted in ``app.state.counters`` as
 ``rejected.<code>``, and stores nothing. Request bodies are read whole (at most 16 KiB,
-within ``BODY_TIMEOUT_S``) before a route sees them.
+within ``BODY_TIMEOUT_S``) before a route sees them; a request head must arrive within
+``HEADER_TIMEOUT_S`` (``_TimedH11``: uvicorn has no such deadline). ``/metrics`` needs the
+``metrics_token``, ``/openapi.json`` the admin token; ``/docs`` is not served.
 """
 
 import asyncio
@@ -14,14 +16,16 @@ import socket
 import ssl
 from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Final
+from typing import ClassVar, Final
 
+import h11
 import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from agent.protocol.clock import Clock, SystemClock
 
@@ -38,6 +42,12 @@ __all__ = ["NoEvents", "VehicleEvents", "create_app", "serve_api"]
 
 log = logging.getLogger(__name__)
 BODY_TIMEOUT_S: Final = 10.0
+HEADER_TIMEOUT_S: Final = 10.0
+"""From the connection (or the first byte of the next request on it) to the end of the
+request head; a client dribbling its headers is cut off then."""
+BODY_GRACE_S: Final = 2.0
+"""The connection's own body deadline is ``BODY_TIMEOUT_S`` plus this: the app answers a
+slow body with a 408 first, the connection deadline catches what the app never reads."""
 SHUTDOWN_TIMEOUT_S: Final = 5.0
 LISTEN_BACKLOG: Final = 2048
 _CODES_BY_STATUS: Final = {404: "not_found", 405: "method_not_allowed"}
@@ -103,7 +113,10 @@ class _BodyLimit:
             code, msg = "body_too_large", f"request bodies are at most {self.limit} bytes"
         else:
             code, msg = "body_timeout", f"the body did not arrive within {self.timeout_s} s"
-        await _error(self.counters, status, code, msg)(scope, receive, send)
+        response = _error(self.counters, status, code, msg)
+        # The rest of the body is never read: close, or a client could keep sending it.
+        response.headers["connection"] = "close"
+        await response(scope, receive, send)
 
 
 def _bearer(request: Request) -> str | None:
@@ -128,7 +141,15 @@ def create_app(
     ``/readyz`` needs (without one, only the store is checked).
     """
     reg = Registrar.load(config, store, events, clock or SystemClock(), signing_keys)
-    app = FastAPI(title="CTPL cloud API", version="1", redirect_slashes=False)
+    # No /docs, /redoc or public /openapi.json: /openapi.json is served to the admin below.
+    app = FastAPI(
+        title="CTPL cloud API",
+        version="1",
+        redirect_slashes=False,
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+    )
     app.state.counters = reg.counters
     app.add_middleware(
         _BodyLimit, limit=en.MAX_REQUEST_BYTES, timeout_s=body_timeout_s, counters=reg.counters
@@ -169,7 +190,8 @@ def create_app(
         )
         return JSONResponse(answer, status_code=status)
 
-    # Operations (docs/operations.md): no auth, for the operator network only.
+    # Operations (docs/operations.md, "Who may reach them"). /healthz and /readyz need no
+    # token (probes rarely carry one) and reveal nothing; /metrics needs its own token.
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
         return JSONResponse({"status": "alive"})
@@ -180,10 +202,26 @@ def create_app(
         ready = await op.readiness(connected, lambda: store.fleet("readyz-probe"))
         return JSONResponse(ready.body(), status_code=200 if ready.ready else 503)
 
+    metrics_token = config.metrics_token.get_secret_value() if config.metrics_token else ""
+    metrics_digest = en.token_digest(metrics_token) if metrics_token else None
+
     @app.get("/metrics", include_in_schema=False)
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        if metrics_digest is None:
+            raise Refused(403, "forbidden", "no metrics_token is configured: /metrics is off")
+        token = _bearer(request)
+        if token is None or not en.digests_match(en.token_digest(token), metrics_digest):
+            raise Refused(401, "unauthorized", "/metrics needs the metrics token")
         text = op.render(reg.counters, None if ops is None else ops.ops_snapshot())
         return Response(text, media_type=op.CONTENT_TYPE)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(request: Request) -> Response:
+        token = _bearer(request)
+        admin = reg.admin_digest
+        if admin is None or token is None or not en.digests_match(en.token_digest(token), admin):
+            raise Refused(401, "unauthorized", "the API description is for the admin")
+        return JSONResponse(app.openapi())
 
     @app.post("/v1/vehicles/{vid}/revoke")
     async def revoke(request: Request, vid: str, req: en.RevokeRequest | None = None) -> en.Revoked:
@@ -240,6 +278,80 @@ class _Server(uvicorn.Server):
             self._ready.set()
 
 
+class _TimedH11(H11Protocol):
+    """uvicorn's h11 protocol with read deadlines, which uvicorn lacks: the request head
+    within ``header_timeout_s`` of the connection (or of the first byte of the next
+    request on it), its body within ``body_timeout_s`` of the head. A client sending a
+    header byte a second is cut off at the deadline, with a 408 if it sent anything."""
+
+    header_timeout_s: ClassVar[float] = HEADER_TIMEOUT_S
+    body_timeout_s: ClassVar[float] = BODY_TIMEOUT_S + BODY_GRACE_S
+    counters: ClassVar[Counter[str]] = Counter()
+
+    _deadline: asyncio.TimerHandle | None = None
+    _reading: str | None = None
+    """What the deadline is for: "header", "body", or None."""
+    _header_bytes: bool = False
+    """Whether any byte of the request head came (a silent connection gets no 408)."""
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm("header")
+
+    def data_received(self, data: bytes) -> None:
+        if self._reading is None and self.conn.their_state is h11.IDLE:
+            self._arm("header")  # the next request on a kept-alive connection
+        if self._reading == "header":
+            self._header_bytes = True
+        super().data_received(data)
+        state = self.conn.their_state
+        if self._reading == "header" and state is not h11.IDLE:
+            self._arm("body" if state is h11.SEND_BODY else None)
+        elif self._reading == "body" and state is not h11.SEND_BODY:
+            self._arm(None)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._arm(None)
+        super().connection_lost(exc)
+
+    def _arm(self, reading: str | None) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        self._reading, self._header_bytes = reading, False
+        if reading is not None:
+            delay = self.header_timeout_s if reading == "header" else self.body_timeout_s
+            self._deadline = self.loop.call_later(delay, self._expired)
+
+    def _expired(self) -> None:
+        reading, sent = self._reading, self._header_bytes
+        self._deadline, self._reading = None, None
+        if self.transport.is_closing():
+            return
+        self.counters[f"rejected.{reading}_timeout"] += 1
+        if reading == "header" and sent:
+            body = b'{"error":{"code":"header_timeout","message":"the headers came too slowly"}}'
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                b"connection: close\r\ncontent-length: %d\r\n\r\n%s" % (len(body), body)
+            )
+        self.transport.close()
+
+
+def _timed_h11(
+    header_timeout_s: float, body_timeout_s: float, counters: Counter[str]
+) -> type[_TimedH11]:
+    """``_TimedH11`` with these deadlines, counting timeouts in ``counters``."""
+
+    class TimedH11(_TimedH11):
+        pass
+
+    TimedH11.header_timeout_s = header_timeout_s
+    TimedH11.body_timeout_s = body_timeout_s
+    TimedH11.counters = counters
+    return TimedH11
+
+
 def _tls(_: uvicorn.Config, default: Callable[[], ssl.SSLContext]) -> ssl.SSLContext:
     context = default()
     context.minimum_version = ssl.TLSVersion.TLSv1_2  # as the broker's listener
@@ -265,13 +377,25 @@ def _listen(host: str, port: int) -> socket.socket:
 
 
 async def serve_api(
-    app: FastAPI, config: CloudConfig, *, ready: asyncio.Event | None = None
+    app: FastAPI,
+    config: CloudConfig,
+    *,
+    ready: asyncio.Event | None = None,
+    header_timeout_s: float = HEADER_TIMEOUT_S,
+    body_timeout_s: float = BODY_TIMEOUT_S + BODY_GRACE_S,
 ) -> None:
-    """Serve ``app`` over HTTPS on config.http_host:http_port until cancelled; sets ``ready``."""
+    """Serve ``app`` over HTTPS on config.http_host:http_port until cancelled; sets ``ready``.
+
+    Every connection must send a request head within ``header_timeout_s`` and its body
+    within ``body_timeout_s`` after that, else it is closed (``_TimedH11``)."""
     if config.http_port is None or config.api_cert_file is None or config.api_key_file is None:
         raise ApiServeError("the API needs http_port, api_cert_file and api_key_file")
+    counters = getattr(app.state, "counters", None)
     uv = uvicorn.Config(
         app,
+        http=_timed_h11(
+            header_timeout_s, body_timeout_s, Counter() if counters is None else counters
+        ),
         ssl_certfile=config.api_cert_file,
         ssl_keyfile=config.api_key_file,
         ssl_context_factory=_tls,

@@ -464,7 +464,7 @@ def _api(out: _Exposition, c: Mapping[str, int]) -> None:
         "ctpl_api_rejected_total",
         "counter",
         "HTTPS API requests refused, by error code (unauthorized, bad_request, "
-        "claim_used, not_found, body_too_large, ...).",
+        "claim_used, not_found, body_too_large, body_timeout, header_timeout, ...).",
         _labelled("reason", _by_prefix(c, "rejected.")),
     )
     out.family(

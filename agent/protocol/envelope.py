@@ -4,7 +4,8 @@
 
 The signature covers ``b"ctpl/1\\n" + topic + b"\\n" + body_bytes``, so an envelope
 cannot be replayed onto another topic or vehicle. Receivers verify the exact body
-bytes first and parse them only afterwards.
+bytes first and parse them only afterwards. Signatures are low-S (keys.py): the one
+other valid spelling of each, (r, n − s), is refused, so one message has one envelope.
 """
 
 import base64
@@ -14,6 +15,7 @@ import re
 from dataclasses import dataclass
 from typing import Final
 
+from . import strict
 from .errors import EnvelopeError, SignatureError
 from .keys import PrivateKey, PublicKey, b64url, kid_for, sign_raw, verify_raw
 
@@ -22,6 +24,7 @@ MAX_ENVELOPE_BYTES: Final = 8192
 _KID_RE: Final = re.compile(r"[A-Za-z0-9_-]{1,64}")
 _B64URL_RE: Final = re.compile(r"[A-Za-z0-9_-]*")
 _FIELDS: Final = frozenset({"v", "alg", "kid", "body", "sig"})
+_DECODER: Final = json.JSONDecoder(object_pairs_hook=strict.unique_keys)
 
 
 def signing_input(topic: str, body: bytes) -> bytes:
@@ -76,24 +79,18 @@ def _b64decode(text: object, what: str) -> bytes:
     return raw
 
 
-def _no_duplicates(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    obj = dict(pairs)
-    if len(obj) != len(pairs):
-        raise ValueError("duplicate key")  # one envelope, one meaning
-    return obj
-
-
-_DECODER: Final = json.JSONDecoder(object_pairs_hook=_no_duplicates)
-
-
 def parse(data: bytes) -> Envelope:
     """Check an envelope's form (size, fields, encodings); raise EnvelopeError if bad."""
     if len(data) > MAX_ENVELOPE_BYTES:
         raise EnvelopeError(f"envelope of {len(data)} bytes exceeds {MAX_ENVELOPE_BYTES}")
+    # One envelope, one meaning: a repeated key is refused, and so is nesting past
+    # strict.MAX_JSON_DEPTH (read before the recursive parser runs).
+    if strict.too_deep(data):
+        raise EnvelopeError(f"envelope nested deeper than {strict.MAX_JSON_DEPTH}")
     try:
         obj = _DECODER.decode(data.decode("utf-8"))
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise EnvelopeError(f"envelope is not valid JSON: {exc}") from exc
+    except (ValueError, RecursionError) as exc:  # Invalid, JSON, UTF-8 errors are ValueErrors
+        raise EnvelopeError(f"envelope is not valid JSON: {exc}") from None
     if not isinstance(obj, dict) or obj.keys() != _FIELDS:
         raise EnvelopeError("envelope must have exactly v, alg, kid, body, sig")
     # Exactly the integer 1: JSON 1.0 and true compare equal to 1 in Python.

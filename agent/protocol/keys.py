@@ -1,8 +1,14 @@
-"""P-256 keys: loading, key ids, and the raw r||s signature form."""
+"""P-256 keys: loading, key ids, and the raw r||s signature form, always low-S.
+
+ECDSA is malleable: if (r, s) verifies, so does (r, n − s). Signatures here are made and
+accepted only in low-S form (s ≤ n/2, as Bitcoin's BIP 62/146 and Ethereum's EIP-2 do),
+so that a valid message has exactly one valid signature.
+"""
 
 import base64
 import hashlib
 from pathlib import Path
+from typing import Final
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -19,6 +25,9 @@ PrivateKey = ec.EllipticCurvePrivateKey
 PublicKey = ec.EllipticCurvePublicKey
 _ECDSA_SHA256 = ec.ECDSA(hashes.SHA256())
 _SCALAR_BYTES = 32
+P256_ORDER: Final = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+"""n, the order of P-256's base point (SEC 2, secp256r1)."""
+_HALF_ORDER: Final = P256_ORDER // 2
 
 
 def b64url(data: bytes) -> str:
@@ -75,18 +84,34 @@ def private_pem(key: PrivateKey) -> bytes:
     )
 
 
-def sign_raw(key: PrivateKey, message: bytes) -> bytes:
-    """ES256 signature of ``message`` as 64 bytes r||s."""
-    r, s = decode_dss_signature(key.sign(message, _ECDSA_SHA256))
+def _raw(r: int, s: int) -> bytes:
     return r.to_bytes(_SCALAR_BYTES, "big") + s.to_bytes(_SCALAR_BYTES, "big")
 
 
+def low_s(signature: bytes) -> bytes:
+    """The low-S form of a 64-byte r||s signature (itself when s ≤ n/2): for a signer,
+    such as a secure element, that does not normalise its signatures."""
+    r = int.from_bytes(signature[:_SCALAR_BYTES], "big")
+    s = int.from_bytes(signature[_SCALAR_BYTES:], "big")
+    return signature if s <= _HALF_ORDER else _raw(r, P256_ORDER - s)
+
+
+def sign_raw(key: PrivateKey, message: bytes) -> bytes:
+    """ES256 signature of ``message`` as 64 bytes r||s, with s ≤ n/2 (low-S)."""
+    r, s = decode_dss_signature(key.sign(message, _ECDSA_SHA256))
+    return _raw(r, s if s <= _HALF_ORDER else P256_ORDER - s)
+
+
 def verify_raw(key: PublicKey, signature: bytes, message: bytes) -> None:
-    """Raise SignatureError unless ``signature`` (r||s) is ``key``'s ES256 over ``message``."""
+    """Raise SignatureError unless ``signature`` (r||s, low-S) is ``key``'s ES256 over
+    ``message``."""
     if len(signature) != 2 * _SCALAR_BYTES:
         raise SignatureError("signature is not 64 bytes")
     r = int.from_bytes(signature[:_SCALAR_BYTES], "big")
     s = int.from_bytes(signature[_SCALAR_BYTES:], "big")
+    if s > _HALF_ORDER:
+        # (r, n − s) would verify too: only one spelling of a signature is accepted.
+        raise SignatureError("signature is not in low-S form (s > n/2)")
     try:
         key.verify(encode_dss_signature(r, s), message, _ECDSA_SHA256)
     except (InvalidSignature, ValueError) as exc:

@@ -10,10 +10,12 @@ its own error in ``__post_init__``. The annotations understood:
 - ``Literal[...]``, ``X | None``, ``tuple[X, ...]`` (a list is taken too), a nested Record;
 - ``Annotated[X, Pattern(...), Length(...), Range(...)]`` for the rules below.
 
-``loads`` + ``build`` read a record from JSON: unknown keys refused (ignored when the class
-sets ``ignore_unknown``), JSON text turned into datetimes (RFC 3339 with an offset) and
-dates (YYYY-MM-DD), arrays into tuples, objects into nested records. ``dumps`` writes a
-record as compact UTF-8 JSON, fields in declaration order. Standard library only.
+``loads`` + ``build`` read a record from JSON: ``loads`` refuses a key repeated in an
+object and nesting deeper than ``MAX_JSON_DEPTH`` (one text, one meaning, and never a
+RecursionError); unknown keys refused (ignored when the class sets ``ignore_unknown``),
+JSON text turned into datetimes (RFC 3339 with an offset) and dates (YYYY-MM-DD), arrays
+into tuples, objects into nested records. ``dumps`` writes a record as compact UTF-8 JSON,
+fields in declaration order. Standard library only.
 """
 
 import dataclasses
@@ -28,6 +30,12 @@ from pathlib import Path
 from typing import Any, ClassVar, Final, Literal, TypeVar, Union
 
 R = TypeVar("R", bound="Record")
+
+MAX_JSON_DEPTH: Final = 8
+"""The deepest nesting of arrays and objects ``loads`` reads. The contract's deepest text
+is 3 (a renewal update's quotes: body → array → quote); the key set and enrollment
+answers are as shallow. 8 leaves room for new fields and keeps json's recursive C
+scanner (RecursionError near 1,000, sooner on a deep stack) out of reach."""
 
 
 class Invalid(ValueError):
@@ -343,17 +351,68 @@ def build(cls: type[R], obj: object) -> R:
     return cls(**values)
 
 
+_NOT_BRACKET: Final = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def too_deep(data: bytes, limit: int = MAX_JSON_DEPTH) -> bool:
+    """Whether JSON text ``data`` nests arrays and objects deeper than ``limit``.
+
+    Read before parsing, as the parser would read it up to its first error; brackets
+    inside strings do not count. A text with no more opening brackets than ``limit``
+    cannot be deeper, which decides almost every message with two ``bytes.count``."""
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False
+    # Strings out: escaped backslashes, then escaped quotes, then every other run between
+    # quotes. A backslash outside a string ends the parse anyway, so pairing them from
+    # the left is right for everything the parser reads. All in C, linear.
+    plain = data.replace(b"\\\\", b"").replace(b'\\"', b"")
+    brackets = b"".join(plain.split(b'"')[::2]).translate(None, _NOT_BRACKET)
+    if brackets.count(b"[") + brackets.count(b"{") <= limit:
+        return False
+    depth = 0
+    for byte in brackets:
+        if byte in b"[{":
+            depth += 1
+            if depth > limit:
+                return True
+        else:
+            depth -= 1
+    return False
+
+
+def unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object from its pairs (an ``object_pairs_hook``); raise Invalid, naming the
+    key, if one is repeated: a reader keeping the first value and one keeping the last
+    would disagree on what a signed text says."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise Invalid("key repeated in one object", key[:64])
+            seen.add(key)
+    return obj
+
+
+_DECODER: Final = json.JSONDecoder(object_pairs_hook=unique_keys)
+
+
 def loads(data: bytes) -> Any:
-    """The JSON value in UTF-8 ``data``; raise Invalid if it is not JSON text."""
+    """The JSON value in UTF-8 ``data``; raise Invalid if it is not JSON text, repeats a
+    key within an object, or nests deeper than ``MAX_JSON_DEPTH``."""
+    if too_deep(data):
+        raise Invalid(f"nested deeper than {MAX_JSON_DEPTH} arrays or objects")
     try:
         text = data.decode("utf-8")
-        value = json.loads(text)
+        value = _DECODER.decode(text)
         if "\\u" in text:
             # An escape can spell a lone surrogate, which is not text: nothing could write
             # it back as UTF-8, so it is refused here.
             json.dumps(value, ensure_ascii=False).encode("utf-8")
     except UnicodeError:
         raise Invalid("not UTF-8 text") from None
+    except Invalid:
+        raise
     except json.JSONDecodeError as exc:
         raise Invalid(f"not JSON: {exc}") from None
     except (ValueError, RecursionError):

@@ -3,6 +3,7 @@
 import asyncio
 import dataclasses
 import json
+import logging
 import signal
 import sys
 from pathlib import Path
@@ -12,9 +13,16 @@ import pytest
 
 from agent.config import dumps_toml
 from agent.errors import NotConnectedError, StateTimeoutError
-from agent.link import TCP_KEEPCNT, TCP_KEEPIDLE_S, TCP_KEEPINTVL_S, open_link, tls_context
+from agent.link import (
+    MAX_PACKET_BYTES,
+    TCP_KEEPCNT,
+    TCP_KEEPIDLE_S,
+    TCP_KEEPINTVL_S,
+    open_link,
+    tls_context,
+)
 from agent.protocol import envelope, messages, topics
-from agent.protocol.envelope import Signer
+from agent.protocol.envelope import MAX_ENVELOPE_BYTES, Signer
 from agent.protocol.keys import generate_private_key, kid_for, load_public_key
 from agent.protocol.messages import ErrorReply, StatusRequest
 from agent.runner import Agent
@@ -146,6 +154,66 @@ async def test_state_forged_under_the_pinned_kid_is_refused(
         await cloud.send(topics.down(vid, "policy"), json.dumps(forged).encode())
         await until(lambda: agent.counters["bad_signature"] == 1, "refusal of the forgery")
         assert agent.state is not None and agent.state.version == 1
+
+
+async def test_a_packet_over_the_cars_maximum_never_reaches_it(
+    vid: str, make_config: Any, make_state: Any, cloud: Any, run_agent: Any
+) -> None:
+    topic = topics.down(vid, "policy")
+    oversized = b"x" * (MAX_PACKET_BYTES + 1024)  # under the broker's own 64 KiB limit
+    junk = b"y" * (MAX_ENVELOPE_BYTES + 1)  # too large an envelope, but within the packet limit
+    agent = Agent(make_config())
+    async with run_agent(agent):
+        await cloud.receive(topics.up(vid, "status"))
+        await cloud.send(topic, oversized)
+        await cloud.send(topic, junk)
+        await cloud.send_state(make_state(vid, version=1, seq=1))
+        await agent.wait_for_state(5.0)
+        # One publisher, one topic, QoS 1: delivered in order, so had the broker sent the
+        # oversized packet, the agent would have counted it before the state.
+        assert agent.counters == {"bad_envelope": 1, "accepted": 1}
+        assert agent.connected
+    assert agent.link_failures == {}
+
+
+async def test_a_flood_of_junk_is_counted_in_full_and_logged_in_a_handful_of_lines(
+    vid: str,
+    make_config: Any,
+    make_state: Any,
+    cloud: Any,
+    run_agent: Any,
+    until: Any,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, logger="agent.runner")
+    topic = topics.down(vid, "policy")
+    forged = json.loads(
+        cloud.seal_state(make_state(vid, version=9, seq=1), signer=Signer(generate_private_key()))
+    )
+    forged["kid"] = cloud.signer.kid
+    floods = {"bad_envelope": b"junk", "bad_signature": json.dumps(forged).encode()}
+    agent = Agent(make_config())
+    async with run_agent(agent):
+        await cloud.receive(topics.up(vid, "status"))
+        sent = 0
+        for _ in range(15):  # 3,000 in windows of 200, within the broker's queue for a car
+            for _ in range(200):
+                payload = floods["bad_envelope" if sent % 2 else "bad_signature"]
+                assert cloud.client.publish(topic, payload, qos=1).rc == 0
+                sent += 1
+            await until(lambda n=sent: agent.counters.total() >= n, f"{sent} messages dropped")
+        await cloud.send_state(make_state(vid, version=1, seq=1))
+        assert (await agent.wait_for_state(5.0)).version == 1
+    assert agent.counters == {"bad_envelope": 1500, "bad_signature": 1500, "accepted": 1}
+    lines = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "agent.runner" and "dropped" in r.getMessage()
+    ]
+    # The first of each reason in full, then (at stop, within the minute) one count each.
+    assert len(lines) == 4, lines
+    assert sum("dropped message on" in line for line in lines) == 2
+    assert sum("dropped 1499 more messages" in line for line in lines) == 2
 
 
 async def test_older_version_after_newer_is_refused_as_rollback(

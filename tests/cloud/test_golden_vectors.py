@@ -60,3 +60,11 @@ async def test_the_cloud_refuses_the_golden_request_with_one_body_bit_changed(
     reply = h.handle(REQUEST["topic"], forged, NOW)
     assert reply is not None and isinstance(reply.body, messages.ErrorReply)
     assert reply.body.code in {"bad_signature", "bad_envelope"}
+
+
+async def test_the_cloud_refuses_the_high_s_twin_of_the_golden_request(tmp_path: Path) -> None:
+    """(r, n - s) verifies as ECDSA too: the cloud takes only the low-S form (issue 13)."""
+    h = await handler_from_store(tmp_path)
+    reply = h.handle(REQUEST["topic"], REQUEST["high_s_twin_envelope_text"].encode(), NOW)
+    assert reply is not None and isinstance(reply.body, messages.ErrorReply)
+    assert reply.body.code == "bad_signature"

@@ -1,4 +1,7 @@
-"""/metrics, /healthz and /readyz of ``ctpl-cloud serve``: a real worker and its API, real cars."""
+"""/metrics, /healthz and /readyz of ``ctpl-cloud serve``: a real worker and its API, real cars.
+
+/metrics answers only the ``metrics_token``; /healthz and /readyz answer anyone.
+"""
 
 import asyncio
 import math
@@ -15,6 +18,7 @@ import pytest
 from agent.protocol import envelope, messages, topics
 from agent.protocol.keys import load_private_key
 from agent.runner import Agent
+from cloud.cli import _parser, _serve_config
 from cloud.link import MqttLink, tls_context
 from cloud.logs import scrub
 from cloud.ops import (
@@ -31,7 +35,9 @@ from simulator.broker import Mosquitto, free_port
 from simulator.cars import car_config
 
 from ..cloud.conftest import start_worker
-from .conftest import ADMIN_TOKEN, STEP_S, within
+from .conftest import ADMIN_TOKEN, STEP_S, Api, within
+
+METRICS_TOKEN = "metrics-test-token-9876543210"
 
 # ---- a small parser of the Prometheus text format 0.0.4 ------------------------------
 
@@ -260,7 +266,7 @@ class Ops:
     tmp: Path
 
     async def metrics(self) -> dict[str, Family]:
-        r = await self.client.get("/metrics")
+        r = await self.client.get("/metrics", headers=Api.auth(METRICS_TOKEN))
         assert r.status_code == 200
         assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
         assert scrub(r.text) == r.text  # nothing that looks like a VIN, plate, policy no
@@ -291,6 +297,7 @@ async def running(
         tmp_path / "cloud.db",
         http_port=free_port(),
         admin_token=ADMIN_TOKEN,
+        metrics_token=METRICS_TOKEN,
         national_url=national_url,
     )
     port = worker.config.http_port
@@ -322,8 +329,50 @@ async def test_healthz_and_readyz_of_a_connected_worker(ops: Ops) -> None:
     assert value(families, "ctpl_worker_connected") == 1
     assert value(families, "ctpl_vehicles_served") == len(ops.pki.vids())
     assert value(families, "ctpl_connected_cars") == 0
-    # No auth on these three, and they count as no API outcome.
+    # Probes and a scrape with its token count as no API outcome.
     assert value(families, "ctpl_api_rejected_total", reason="unauthorized") == 0
+
+
+async def test_metrics_need_the_metrics_token_and_the_probes_need_none(ops: Ops) -> None:
+    for headers in (
+        {},
+        Api.auth("wrong-token"),
+        Api.auth(ADMIN_TOKEN),
+        {"Authorization": "Basic x"},
+    ):
+        r = await ops.client.get("/metrics", headers=headers)
+        assert (r.status_code, r.json()["error"]["code"]) == (401, "unauthorized"), headers
+        assert r.headers["www-authenticate"] == "Bearer"
+        assert "ctpl_" not in r.text
+    for path in ("/healthz", "/readyz"):  # no token: they tell a prober only up or down
+        assert (await ops.client.get(path)).status_code == 200
+    families = await ops.metrics()
+    assert value(families, "ctpl_api_rejected_total", reason="unauthorized") == 4
+
+
+def test_serve_takes_the_metrics_token_from_a_file_or_the_environment(
+    shared_pki: DevPki, tmp_path: Path
+) -> None:
+    argv = ["serve", "--db", "x.db", "--pki", str(shared_pki.root), "--http-port", "8443"]
+    token = tmp_path / "metrics-token"
+    token.write_text(METRICS_TOKEN + "\n")
+    by_file = _serve_config(_parser().parse_args([*argv, "--metrics-token-file", str(token)]), {})
+    by_env = _serve_config(_parser().parse_args(argv), {"CTPL_METRICS_TOKEN": METRICS_TOKEN})
+    for config in (by_file, by_env):
+        assert config.metrics_token is not None
+        assert config.metrics_token.get_secret_value() == METRICS_TOKEN
+        assert METRICS_TOKEN not in repr(config)
+    assert _serve_config(_parser().parse_args(argv), {}).metrics_token is None
+
+
+async def test_without_a_metrics_token_configured_metrics_are_refused(api: Api) -> None:
+    assert api.config.metrics_token is None
+    for headers in ({}, Api.auth(ADMIN_TOKEN), Api.auth(METRICS_TOKEN)):
+        r = await api.client.get("/metrics", headers=headers)
+        assert (r.status_code, r.json()["error"]["code"]) == (403, "forbidden")
+        assert "ctpl_" not in r.text
+    assert (await api.client.get("/healthz")).status_code == 200
+    assert (await api.client.get("/readyz")).status_code == 200
 
 
 async def test_readyz_is_503_while_the_broker_is_down_and_200_once_it_is_back(ops: Ops) -> None:
@@ -381,7 +430,7 @@ async def test_counters_move_with_real_signed_requests_from_a_real_car(ops: Ops)
     d = ops.pki.car_dir(vid)
     inbox: asyncio.Queue[str] = asyncio.Queue()
     link = MqttLink(
-        client_id=f"{vid}-probe",
+        client_id=vid,  # the car has left; the broker ties a client id to its certificate
         tls=tls_context(ops.pki.ca_cert, d / "car.crt", d / "car.key"),
         on_message=lambda t, _: inbox.put_nowait(t),
         subscriptions=(topics.down(vid, "error"),),

@@ -2,14 +2,20 @@
 
 import base64
 import json
+import sys
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from agent.protocol import envelope, keys, topics
 from agent.protocol.envelope import MAX_BODY_BYTES, MAX_ENVELOPE_BYTES, Signer
 from agent.protocol.errors import EnvelopeError, ProtocolError, SignatureError, TopicError
 
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+"""The order of P-256's base point (SEC 2, secp256r1), written out here independently."""
 VID = "vabcdefgh2345678"
 OTHER_VID = "vzyxwvut98765432"
 TOPIC = f"ctpl/v1/{VID}/up/status"
@@ -49,6 +55,17 @@ def _without(field: str) -> bytes:
     obj = _sealed()
     del obj[field]
     return _raw(obj)
+
+
+def _high_s_twin(sig: bytes) -> bytes:
+    """(r, n − s): the other valid ECDSA signature of the same message."""
+    s = int.from_bytes(sig[32:], "big")
+    return sig[:32] + (P256_N - s).to_bytes(32, "big")
+
+
+def _nested(depth: int) -> bytes:
+    """A sealed envelope with a field whose value nests ``depth`` arrays deep."""
+    return SIGNER.seal(TOPIC, BODY)[:-1] + b',"x":' + b"[" * depth + b"]" * depth + b"}"
 
 
 def _flip_bit(data: bytes, bit: int) -> bytes:
@@ -98,6 +115,24 @@ def test_empty_and_maximum_bodies_round_trip() -> None:
         assert envelope.open_with(TOPIC, sealed, TRUSTED) == body
 
 
+def test_seals_are_always_low_s() -> None:
+    # Half of raw ECDSA signatures are high-S: 200 seals all low-S fail by chance 2**-200.
+    for _ in range(200):
+        sig = _unb64(json.loads(SIGNER.seal(TOPIC, BODY))["sig"])
+        assert 0 < int.from_bytes(sig[32:], "big") <= P256_N // 2
+
+
+def test_the_contract_uses_the_order_of_p256() -> None:
+    assert keys.P256_ORDER == P256_N
+
+
+def test_low_s_normalises_only_a_high_s_signature() -> None:
+    sig = keys.sign_raw(KEY, envelope.signing_input(TOPIC, BODY))
+    twin = _high_s_twin(sig)
+    assert keys.low_s(sig) == sig
+    assert keys.low_s(twin) == sig
+
+
 def test_two_seals_of_the_same_body_both_verify() -> None:
     first, second = SIGNER.seal(TOPIC, BODY), SIGNER.seal(TOPIC, BODY)
     assert first != second, "ECDSA signatures are randomized"
@@ -131,6 +166,24 @@ def test_tampered_signature_is_refused(bit: int) -> None:
 def test_malformed_signatures_are_refused(sig: bytes) -> None:
     with pytest.raises(SignatureError):
         envelope.open_with(TOPIC, _with(sig=_b64(sig)), TRUSTED)
+
+
+def test_the_high_s_twin_of_a_valid_signature_is_refused_with_bad_signature() -> None:
+    sealed = _sealed()
+    twin = _high_s_twin(_unb64(sealed["sig"]))
+    r, s = (int.from_bytes(twin[i : i + 32], "big") for i in (0, 32))
+    # It is a valid ECDSA signature of the same bytes (the malleability) ...
+    KEY.public_key().verify(
+        encode_dss_signature(r, s),
+        envelope.signing_input(TOPIC, BODY),
+        ec.ECDSA(hashes.SHA256()),
+    )
+    # ... which the contract refuses: one message, one signature.
+    with pytest.raises(SignatureError) as info:
+        envelope.open_with(TOPIC, _with(sig=_b64(twin)), TRUSTED)
+    assert info.value.code == "bad_signature"
+    with pytest.raises(SignatureError, match="low-S"):
+        keys.verify_raw(KEY.public_key(), twin, envelope.signing_input(TOPIC, BODY))
 
 
 def test_signature_by_another_key_under_the_trusted_kid_is_refused() -> None:
@@ -267,6 +320,37 @@ def test_bad_base64_is_refused(field: str, text: object) -> None:
         return
     with pytest.raises(EnvelopeError):
         envelope.parse(data)
+
+
+@pytest.mark.parametrize("field", ["v", "alg", "kid", "body", "sig"])
+def test_a_repeated_field_is_refused_even_when_the_last_value_is_valid(field: str) -> None:
+    sealed = SIGNER.seal(TOPIC, BODY)
+    head = f'"{field}":'.encode()
+    data = sealed.replace(head, head + b'"AAAA",' + head, 1)
+    assert json.loads(data) == json.loads(sealed)  # a plain parser lets the last one win
+    with pytest.raises(EnvelopeError, match="repeated") as info:
+        envelope.open_with(TOPIC, data, TRUSTED)
+    assert info.value.code == "bad_envelope"
+
+
+@pytest.mark.parametrize("depth", [9, 100, 3000])
+def test_deep_nesting_is_refused_with_bad_envelope_never_recursion_error(depth: int) -> None:
+    data = _nested(depth)
+    assert len(data) <= MAX_ENVELOPE_BYTES
+    with pytest.raises(EnvelopeError, match="nested deeper than 8") as info:
+        envelope.open_with(TOPIC, data, TRUSTED)
+    assert info.value.code == "bad_envelope"
+
+
+def test_deep_nesting_is_refused_however_deep_the_callers_stack() -> None:
+    def at_depth(n: int) -> None:
+        if n:
+            at_depth(n - 1)
+        else:
+            with pytest.raises(EnvelopeError):
+                envelope.parse(b"[" * 3000 + b"]" * 3000)
+
+    at_depth(sys.getrecursionlimit() - 50)
 
 
 def test_oversize_envelope_is_refused_before_json() -> None:

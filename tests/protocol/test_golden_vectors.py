@@ -6,18 +6,24 @@ code must turn these values into exactly the bytes that were signed.
 
 import base64
 import hashlib
+import importlib.util
 import json
 from datetime import UTC, date, datetime, timedelta, timezone
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
 from agent.protocol import envelope, keys, messages, topics
 from agent.protocol.errors import ProtocolError, SignatureError
 from agent.protocol.messages import PolicyState, StatusRequest
 
+P256_N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
+"""The order of P-256's base point (SEC 2, secp256r1), written out here independently."""
 VECTORS_FILE = Path(__file__).resolve().parent.parent / "vectors" / "envelope_v1.json"
 VECTORS: dict[str, Any] = json.loads(VECTORS_FILE.read_text(encoding="utf-8"))
 BY_NAME: dict[str, dict[str, str]] = {v["name"]: v for v in VECTORS["vectors"]}
@@ -157,3 +163,42 @@ def test_every_one_bit_change_to_the_envelope_text_is_refused(name: str) -> None
             continue
         accepted.append((i // 8, chr(data[i // 8]), chr(flipped[i // 8])))
     assert accepted == [], "bit flips that still opened: (offset, was, now)"
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_MODELS))
+def test_vector_signature_is_low_s(name: str) -> None:
+    sig = envelope.parse(BY_NAME[name]["envelope_text"].encode()).sig
+    assert 0 < int.from_bytes(sig[32:], "big") <= P256_N // 2
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_MODELS))
+def test_the_high_s_twin_verifies_as_ecdsa_but_is_refused_with_bad_signature(name: str) -> None:
+    vector = BY_NAME[name]
+    good = envelope.parse(vector["envelope_text"].encode())
+    twin_text = vector["high_s_twin_envelope_text"].encode()
+    twin = envelope.parse(twin_text)
+    r, s = (int.from_bytes(good.sig[i : i + 32], "big") for i in (0, 32))
+    assert (twin.kid, twin.body) == (good.kid, good.body)
+    assert twin.sig == r.to_bytes(32, "big") + (P256_N - s).to_bytes(32, "big")
+    # The twin is a valid ECDSA signature of the same bytes (malleability) ...
+    message = envelope.signing_input(vector["topic"], twin.body)
+    twin_s = P256_N - s
+    _public_key().verify(encode_dss_signature(r, twin_s), message, ec.ECDSA(hashes.SHA256()))
+    # ... and the contract refuses it: one message, one signature.
+    with pytest.raises(SignatureError) as info:
+        envelope.open_with(vector["topic"], twin_text, _trusted())
+    assert info.value.code == "bad_signature"
+
+
+def _make_vectors() -> ModuleType:
+    spec = importlib.util.spec_from_file_location(
+        "make_vectors", VECTORS_FILE.parent / "make_vectors.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_file_is_what_make_vectors_writes_keeping_its_signatures() -> None:
+    assert _make_vectors().build(VECTORS) == VECTORS

@@ -7,10 +7,16 @@ from typing import Any
 
 import pytest
 
-from agent.protocol import messages
-from agent.protocol.envelope import MAX_BODY_BYTES
+from agent.protocol import envelope, keys, messages
+from agent.protocol.envelope import MAX_BODY_BYTES, Signer
 from agent.protocol.errors import BodyError, ProtocolError
-from agent.protocol.messages import ErrorReply, PolicyState, StatusRequest
+from agent.protocol.messages import (
+    ErrorReply,
+    PolicyState,
+    Quote,
+    RenewalUpdate,
+    StatusRequest,
+)
 
 VID = "vabcdefgh2345678"
 CHINA = timezone(timedelta(hours=8))
@@ -345,10 +351,73 @@ def test_text_that_is_not_strict_json_is_refused(data: bytes) -> None:
     assert info.value.code == "bad_body"
 
 
-def test_escapes_are_read_and_the_last_of_a_repeated_key_wins() -> None:
+def test_escapes_are_read() -> None:
     pair = messages.decode(ERROR_BYTES.replace(b"seq 42", b"\\ud83d\\ude00"))
     assert isinstance(pair, ErrorReply) and pair.message == "\U0001f600 already seen"
-    assert messages.decode(STATUS_BYTES[:-1] + b',"seq":7}') == StatusRequest(vid=VID, seq=7)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        STATUS_BYTES[:-1] + b',"seq":7}',
+        STATUS_BYTES[:-1] + b',"s\\u0065q":7}',
+        POLICY_BYTES[:-1] + b',"status":"active"}',
+        b'{"type":"status.request","type":"status.request","vid":"vabcdefgh2345678","seq":1}',
+    ],
+    ids=["seq-twice", "seq-escaped", "policy-status-twice", "type-twice"],
+)
+def test_a_key_repeated_in_a_body_is_refused_with_bad_body(data: bytes) -> None:
+    # json.loads lets the last one win: a signer and a reader could disagree on the value.
+    with pytest.raises(BodyError, match="repeated") as info:
+        messages.decode(data)
+    assert info.value.code == "bad_body"
+
+
+def test_a_key_repeated_inside_a_nested_record_is_refused() -> None:
+    update = RenewalUpdate(
+        vid=VID,
+        seq=5,
+        issued_at=datetime(2025, 6, 30, 8, 0, tzinfo=UTC),
+        renewal_id="r1",
+        stage="quotes",
+        quotes=(
+            Quote(
+                quote_id="q1",
+                insurer_code="PICC",
+                insurer_name="PICC",
+                start=date(2025, 7, 16),
+                end=date(2026, 7, 15),
+                ctpl="950.00",
+                floating_rate="0.00",
+                vehicle_vessel_tax="360.00",
+                total="1310.00",
+                expires_at=datetime(2025, 7, 1, tzinfo=UTC),
+            ),
+        ),
+    )
+    data = messages.encode(update)
+    assert messages.decode(data) == update
+    twice = data.replace(b'"total":"1310.00"', b'"total":"1.00","total":"1310.00"')
+    with pytest.raises(BodyError, match="repeated") as info:
+        messages.decode(twice)
+    assert info.value.code == "bad_body"
+
+
+@pytest.mark.parametrize("depth", [9, 50, 2000])
+def test_a_deep_body_after_a_valid_signature_is_bad_body_never_recursion_error(
+    depth: int,
+) -> None:
+    key = keys.generate_private_key()
+    topic = f"ctpl/v1/{VID}/up/status"
+    body = _status(extra=[]).replace(b"[]", b"[" * depth + b"]" * depth)
+    assert len(body) <= MAX_BODY_BYTES
+    opened = envelope.open_with(
+        topic, Signer(key).seal(topic, body), {Signer(key).kid: key.public_key()}
+    )
+    assert opened == body  # the signature is good: the body itself is what is refused
+    with pytest.raises(BodyError, match="nested deeper than 8") as info:
+        messages.decode(opened)
+    assert info.value.code == "bad_body"
 
 
 def test_oversize_body_is_refused_before_parsing() -> None:

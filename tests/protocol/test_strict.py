@@ -2,6 +2,7 @@
 
 import dataclasses
 import importlib
+import time
 from datetime import UTC, date, datetime
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, get_args, get_type_hints
@@ -104,6 +105,76 @@ def test_unknown_keys_are_ignored_only_when_the_class_says_so() -> None:
 def test_loads_refuses_what_is_not_strict_json_text(data: bytes) -> None:
     with pytest.raises(Invalid):
         strict.loads(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "where"),
+    [
+        (b'{"a":1,"a":2}', "a"),
+        (b'{"a":1,"b":{"c":1,"c":1}}', "c"),
+        (b'[{"x":[{"k":"v","k":"w"}]}]', "k"),
+        (b'{"\\u0061":1,"a":2}', "a"),
+    ],
+    ids=["top", "nested", "in-array", "escaped-spelling"],
+)
+def test_loads_refuses_a_key_repeated_in_one_object(data: bytes, where: str) -> None:
+    with pytest.raises(Invalid, match="repeated") as info:
+        strict.loads(data)
+    assert info.value.where == where
+
+
+def test_loads_reads_the_same_key_in_different_objects() -> None:
+    assert strict.loads(b'[{"a":1},{"a":2}]') == [{"a": 1}, {"a": 2}]
+
+
+@pytest.mark.parametrize("depth", range(1, strict.MAX_JSON_DEPTH + 1))
+def test_loads_reads_nesting_up_to_the_limit(depth: int) -> None:
+    assert strict.loads(b'{"a":' * depth + b"1" + b"}" * depth) is not None
+    assert strict.loads(b"[" * depth + b"]" * depth) is not None
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"[" * 9 + b"]" * 9,
+        b'{"a":' * 9 + b"1" + b"}" * 9,
+        b"[{" * 5 + b"}]" * 5,
+        b"[" * 3000 + b"]" * 3000,
+        b"[" * 100_000,
+    ],
+    ids=["arrays-9", "objects-9", "mixed-10", "arrays-3000", "unclosed"],
+)
+def test_loads_refuses_nesting_past_the_limit_before_parsing(data: bytes) -> None:
+    with pytest.raises(Invalid, match=f"nested deeper than {strict.MAX_JSON_DEPTH}"):
+        strict.loads(data)
+
+
+@pytest.mark.parametrize(
+    ("data", "deep"),
+    [
+        (b'["[[[[[[[[[[[[[[[[[[["]', False),
+        (b'["\\\\",' + b"[" * 8 + b"]" * 8 + b"]", True),
+        (b'["\\"[[[[[[[[[[[",[[[]]]]', False),
+        (b"[{},{},{},{},{},{},{},{},{},{},{}]", False),
+        (b'"unterminated [[[[[[[[[[[[', False),
+        (b'"\\' + b"[" * 20, False),
+    ],
+    ids=["brackets-in-text", "escaped-backslash", "escaped-quote", "wide", "unterminated", "end"],
+)
+def test_depth_ignores_brackets_inside_strings(data: bytes, deep: bool) -> None:
+    assert strict.too_deep(data) is deep
+
+
+@pytest.mark.parametrize(
+    "text",
+    [b'"\\"' * 2700, b'"' + b'\\"' * 4000, b'["' * 4000, b"[]" * 4000, b'"' + b"\\" * 8000],
+    ids=["quote-escape-quote", "escaped-quotes", "open-strings", "wide", "backslashes"],
+)
+def test_depth_check_stays_linear_on_hostile_text(text: bytes) -> None:
+    data = b"[" * 9 + text  # past the bracket count, so the strings are skipped one by one
+    start = time.perf_counter()
+    strict.too_deep(data)
+    assert time.perf_counter() - start < 0.01
 
 
 def test_unsupported_annotations_are_a_programming_error() -> None:

@@ -6,9 +6,16 @@ Run once, by hand, from the repository root::
 
 The vectors are meant to stay fixed: both the agent and the cloud check them
 (tests/protocol/test_golden_vectors.py and the cloud's own test). ECDSA
-signatures are randomized, so running this again writes different signatures
+signatures are randomized, so signing again would write different signatures
 for the same bodies; the script therefore refuses to overwrite the file unless
 given ``--force``, and a forced rewrite should be a deliberate contract change.
+Even then it keeps each envelope already in the file that still opens under the
+current rules (same topic, same body, low-S), so a rewrite changes only what the
+contract changed.
+
+Every vector also carries its high-S twin: the same envelope with the signature's s
+replaced by n − s. It is a valid ECDSA signature of the same bytes, and the contract
+refuses it (``bad_signature``): a signature has one spelling only.
 
 The key is a published TEST-ONLY key, derived from a fixed scalar; no PEM
 private key is stored anywhere.
@@ -24,8 +31,9 @@ from typing import Any, Final
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from agent.protocol import keys, messages, topics
+from agent.protocol import envelope, keys, messages, topics
 from agent.protocol.envelope import Signer, signing_input
+from agent.protocol.errors import ProtocolError
 from agent.protocol.messages import PolicyState, StatusRequest
 
 VECTORS_FILE: Final = Path(__file__).resolve().parent / "envelope_v1.json"
@@ -66,8 +74,32 @@ def bodies() -> list[tuple[str, str, str, StatusRequest | PolicyState]]:
     ]
 
 
-def build() -> dict[str, Any]:
-    """The whole vectors document."""
+def high_s_twin(sealed: bytes) -> bytes:
+    """``sealed`` with its signature's s replaced by n − s: the other valid ECDSA spelling."""
+    env = envelope.parse(sealed)
+    r, s = env.sig[:32], int.from_bytes(env.sig[32:], "big")
+    twin = r + (keys.P256_ORDER - s).to_bytes(32, "big")
+    return sealed.replace(keys.b64url(env.sig).encode(), keys.b64url(twin).encode())
+
+
+def _kept(old: dict[str, Any] | None, name: str, topic: str, body: bytes) -> bytes | None:
+    """The envelope ``old`` holds for vector ``name`` if it still opens to ``body`` on ``topic``."""
+    if old is None:
+        return None
+    vector = next((v for v in old["vectors"] if v["name"] == name), None)
+    if vector is None or vector["topic"] != topic:
+        return None
+    sealed = str(vector["envelope_text"]).encode("ascii")
+    key = vector_key().public_key()
+    try:
+        opened = envelope.open_with(topic, sealed, {keys.kid_for(key): key})
+    except ProtocolError:
+        return None
+    return sealed if opened == body else None
+
+
+def build(old: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The whole vectors document, keeping the envelopes of ``old`` that still open."""
     key = vector_key()
     signer = Signer(key)
     vectors = []
@@ -75,6 +107,7 @@ def build() -> dict[str, Any]:
         body = messages.encode(model)
         parsed = topics.parse(topic)
         other_topic = topic.replace(parsed.vid, OTHER_VID)
+        sealed = _kept(old, name, topic, body) or signer.seal(topic, body)
         vectors.append(
             {
                 "name": name,
@@ -83,8 +116,9 @@ def build() -> dict[str, Any]:
                 "body_text": body.decode("utf-8"),
                 "body_sha256_hex": hashlib.sha256(body).hexdigest(),
                 "signing_input_b64url": keys.b64url(signing_input(topic, body)),
-                "envelope_text": signer.seal(topic, body).decode("ascii"),
+                "envelope_text": sealed.decode("ascii"),
                 "must_not_verify_on_topic": other_topic,
+                "high_s_twin_envelope_text": high_s_twin(sealed).decode("ascii"),
             }
         )
     return {
@@ -99,14 +133,16 @@ def build() -> dict[str, Any]:
             " for topic; get back exactly body_text; decode it into the message model and"
             " re-encode it to exactly body_text; refuse the envelope on"
             " must_not_verify_on_topic; refuse it after any single-bit change to the body"
-            " or the signature.",
+            " or the signature; refuse high_s_twin_envelope_text (the same r, s replaced by"
+            " n - s: a valid ECDSA signature, but not low-S) with bad_signature.",
             "Made by tests/vectors/make_vectors.py.",
         ],
         "contract": {
             "envelope": '{"v":1,"alg":"ES256","kid":"<kid>","body":"<b64url>","sig":"<b64url>"}',
             "base64url": "RFC 4648 section 5 alphabet, no padding",
             "signing_input": 'b"ctpl/1\\n" + UTF-8 topic + b"\\n" + body bytes',
-            "signature": "ECDSA P-256 over SHA-256 of signing_input, as r||s (32+32 bytes)",
+            "signature": "ECDSA P-256 over SHA-256 of signing_input, as r||s (32+32 bytes),"
+            " low-S: s <= n/2 (n the order of P-256); a signature with s > n/2 is refused",
             "kid": "base64url of the first 16 bytes of SHA-256 of the DER SubjectPublicKeyInfo",
         },
         "test_key": {
@@ -128,7 +164,8 @@ def main(argv: list[str]) -> int:
     if VECTORS_FILE.exists() and not args.force:
         print(f"{VECTORS_FILE} exists; the vectors are fixed (use --force to rewrite)")
         return 1
-    text = json.dumps(build(), ensure_ascii=False, indent=2) + "\n"
+    old = json.loads(VECTORS_FILE.read_text(encoding="utf-8")) if VECTORS_FILE.exists() else None
+    text = json.dumps(build(old), ensure_ascii=False, indent=2) + "\n"
     VECTORS_FILE.write_text(text, encoding="utf-8")
     print(f"wrote {VECTORS_FILE}")
     return 0
