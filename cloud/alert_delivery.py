@@ -4,10 +4,14 @@ Each due alert, claimed so that one worker of several posts it
 (``store.claim_due_alerts``), is POSTed as ``alerts.webhook_body`` with
 ``X-CTPL-Alert-Id``, ``X-CTPL-Timestamp`` (unix seconds) and ``X-CTPL-Signature:
 sha256=<hex HMAC-SHA256(secret, f"{timestamp}." + body)>``. A 2xx answer delivers it;
-anything else (status, timeout, connection error) is retried after a full-jitter
-exponential delay, up to ``max_attempts``. Every attempt is written with
+anything else (another status, a redirect, timeout, connection error) is retried after a
+full-jitter exponential delay, up to ``max_attempts``. Every attempt is written with
 ``store.alert_attempted`` before the next one, so a restart resumes where it stopped.
 Delivery is at least once: receivers dedup by ``X-CTPL-Alert-Id`` (docs/alerts.md).
+
+Every POST goes through ``cloud.outbound``: a target the outbound policy refuses (a private
+or loopback address, now or after DNS changed) gets nothing, and its alert is given up at
+once, without an attempt and without any transport detail (``alert_target_refused``).
 """
 
 import asyncio
@@ -19,13 +23,22 @@ from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from ssl import SSLContext
 from types import TracebackType
 from typing import Final, Protocol, Self
 
-import httpx
 from pydantic import SecretStr
 
 from .alerts import retry_delay_s, webhook_body
+from .outbound import (
+    OutboundClient,
+    Refusal,
+    Resolver,
+    TargetRefused,
+    TransportFailed,
+    judge_url,
+    system_resolver,
+)
 from .store import AlertRow, Store
 
 log = logging.getLogger(__name__)
@@ -87,13 +100,19 @@ def verify_alert(
 
 
 class AlertSender:
-    """Delivers due alerts to the fleets' webhooks; ``counters`` feed /metrics."""
+    """Delivers due alerts to the fleets' webhooks; ``counters`` feed /metrics.
+
+    ``allow_loopback`` (``CloudConfig.allow_loopback_webhooks``, development only) lets
+    webhooks reach this host's loopback; ``resolver`` and ``tls`` are for tests.
+    """
 
     def __init__(
         self,
         webhooks: Iterable[Webhook],
         *,
-        client: httpx.AsyncClient | None = None,
+        allow_loopback: bool = False,
+        resolver: Resolver = system_resolver,
+        tls: SSLContext | None = None,
         max_attempts: int = MAX_ATTEMPTS,
         base_s: float = BASE_S,
         cap_s: float = CAP_S,
@@ -103,7 +122,14 @@ class AlertSender:
         self.hooks: dict[str, Webhook] = {}
         for hook in webhooks:
             self.hooks.setdefault(hook.fleet_id, hook)  # one per fleet: the first given
-        self.client = client or httpx.AsyncClient(timeout=timeout_s, follow_redirects=False)
+            judged = judge_url(hook.url, allow_loopback=allow_loopback)
+            if isinstance(judged, Refusal):  # its alerts will be given up, not sent
+                log.error("fleet %s: its configured webhook is refused (%s)", hook.fleet_id,
+                          judged.reason)  # fmt: skip
+        self.client = OutboundClient(
+            allow_loopback=allow_loopback, resolver=resolver, tls=tls, timeout_s=timeout_s,
+            max_connections=CONCURRENCY,
+        )  # fmt: skip
         self.max_attempts = max_attempts
         self.base_s = base_s
         self.cap_s = cap_s
@@ -156,7 +182,19 @@ class AlertSender:
             )  # fmt: skip
             self.counters["alerts_no_webhook"] += 1
             return False
-        ok, why = await self._post(hook, a, now)
+        try:
+            ok, why = await self._post(hook, a, now)
+        except TargetRefused as exc:
+            # Nothing was sent and no attempt is counted: the alert's record says nothing
+            # about the address or its ports (a webhook is not a port scanner).
+            await store.alert_attempted(
+                a.alert_id, attempts=a.attempts, delivered_at=None, next_attempt_at=None,
+                gave_up=True,
+            )  # fmt: skip
+            self.counters["alert_target_refused"] += 1
+            log.warning("alert %s: fleet %s's webhook target refused (%s), not sent",
+                        a.alert_id, a.fleet_id, exc.reason)  # fmt: skip
+            return False
         attempts = a.attempts + 1
         if ok:
             await store.alert_attempted(
@@ -192,7 +230,7 @@ class AlertSender:
             "X-CTPL-Signature": sign(hook.secret.get_secret_value(), timestamp, body),
         }
         try:
-            r = await self.client.post(hook.url, content=body, headers=headers)
-        except httpx.HTTPError as exc:
-            return False, type(exc).__name__
-        return r.is_success, f"HTTP {r.status_code}"
+            status = await self.client.post(hook.url, body, headers)
+        except TransportFailed as exc:
+            return False, exc.kind
+        return 200 <= status < 300, f"HTTP {status}"

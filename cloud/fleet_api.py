@@ -13,7 +13,6 @@ import logging
 import re
 from datetime import datetime
 from typing import Annotated, Any, Final, Literal
-from urllib.parse import urlsplit
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import HTMLResponse, PlainTextResponse, Response, StreamingResponse
@@ -23,7 +22,7 @@ from agent.protocol import calendar, messages
 from agent.protocol.errors import ProtocolError
 
 from . import alerts as al
-from . import dashboard_page
+from . import dashboard_page, outbound
 from . import enrollment as en
 from . import fleet_events as fe
 from .errors import Refused, StoreError
@@ -57,25 +56,6 @@ class WebhookRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: Annotated[str, StringConstraints(max_length=512)]
     secret: Annotated[str, StringConstraints(min_length=16, max_length=128)]
-
-
-LOOPBACK: Final = frozenset({"127.0.0.1", "::1", "localhost"})
-
-
-def webhook_url_problem(url: str) -> str | None:
-    """Why ``url`` cannot take a fleet's alerts (None: it can): https, or http on loopback."""
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018 - raises on a bad port
-    except ValueError:
-        return "not a URL"
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        return "an http(s) URL with a host is needed"
-    if parts.username is not None or parts.password is not None:
-        return "no credentials in the URL: the secret signs every delivery"
-    if parts.scheme == "http" and parts.hostname not in LOOPBACK:
-        return "https is needed (plain http only to this host, for testing)"
-    return None
 
 
 def _bearer(request: Request) -> str | None:
@@ -323,9 +303,16 @@ def add_fleet_routes(app: FastAPI, reg: Registrar) -> None:
     @app.put("/v1/fleets/{fleet_id}/webhook")
     async def set_webhook(request: Request, fleet_id: str, req: WebhookRequest) -> dict[str, str]:
         await authorized(request, fleet_id)
-        problem = webhook_url_problem(req.url)
+        # The outbound policy (cloud.outbound), the name resolved now; delivery checks again
+        # on the address it connects to. app.state.outbound_resolver: tests stand in for DNS.
+        problem = await outbound.check_url(
+            req.url,
+            allow_loopback=reg.config.allow_loopback_webhooks,
+            resolver=getattr(request.app.state, "outbound_resolver", outbound.system_resolver),
+        )
         if problem is not None:
-            raise Refused(422, "bad_webhook_url", problem)
+            reg.counters[f"fleet_webhook_refused.{problem.reason}"] += 1
+            raise Refused(422, "webhook_url_refused", f"{problem.reason}: {problem.message}")
         await reg.store.set_fleet_webhook(fleet_id, req.url, req.secret, reg.clock.now())
         reg.counters["fleet_webhook_set"] += 1
         return {"fleet_id": fleet_id, "url": req.url}

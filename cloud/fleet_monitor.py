@@ -44,7 +44,9 @@ class FleetMonitor:
         self.store = store
         self.config = config
         self.now = now
-        self.sender = sender or AlertSender(config.fleet_webhooks)
+        self.sender = sender or AlertSender(
+            config.fleet_webhooks, allow_loopback=config.allow_loopback_webhooks
+        )
         self.interval_s = config.alert_interval_s
         self.counters: Counter[str] = self.sender.counters  # one set of counters
         self._since: dict[str, datetime] = {}

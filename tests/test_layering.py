@@ -4,6 +4,8 @@
 - agent/protocol/ imports only the standard library, cryptography and itself (no pydantic:
   the agent loads the contract, and pydantic alone would cost it ~12 MiB resident);
 - cloud/ imports nothing of the agent but agent.protocol;
+- only cloud.outbound imports httpcore (every connection to an address an operator gave goes
+  through its policy: no internal targets, checked on the address connected to);
 - simulator/ may import the agent (it runs real agent instances).
 """
 
@@ -16,6 +18,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTOCOL_THIRD_PARTY = frozenset({"cryptography"})
+OWNERS: dict[str, str] = {"httpcore": "cloud.outbound"}
+"""A library only one module may import (the one that enforces a policy over it)."""
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,9 @@ def violations(source: str, module: str, *, is_package: bool = False) -> list[st
             found.append(f"{where}: the agent never imports {top}")
         if _within(module, "cloud") and top == "agent" and not _within(name, "agent.protocol"):
             found.append(f"{where}: cloud may import only agent.protocol of the agent")
+        owner = OWNERS.get(top)
+        if owner is not None and module != owner:
+            found.append(f"{where}: only {owner} imports {top}")
     return found
 
 
@@ -160,6 +167,8 @@ def test_layering(path: Path) -> None:
         ("agent.protocol.envelope", "from .... import x"),
         ("agent.protocol.messages", "from pydantic import BaseModel"),
         ("agent.protocol.messages", "import pydantic_core"),
+        ("cloud.alert_delivery", "import httpcore"),
+        ("cloud.fleet_api", "from httpcore import AsyncConnectionPool"),
     ],
 )
 def test_checker_catches(module: str, source: str) -> None:
@@ -185,6 +194,7 @@ def test_checker_catches(module: str, source: str) -> None:
         ("cloud.worker", "from .pki import DevPki"),
         ("simulator.fleet", "from agent.link import Link\nfrom agent.store import Store"),
         ("simulator.fleet", "from cloud.worker import Worker"),
+        ("cloud.outbound", "import httpcore"),
     ],
 )
 def test_checker_allows(module: str, source: str) -> None:

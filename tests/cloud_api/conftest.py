@@ -130,12 +130,16 @@ def p384_key() -> ec.EllipticCurvePrivateKey:
 
 @asynccontextmanager
 async def serving(
-    pki: DevPki, tmp_path: Path, events: Any = None, **state: object
+    pki: DevPki,
+    tmp_path: Path,
+    events: Any = None,
+    settings: dict[str, object] | None = None,
+    **state: object,
 ) -> AsyncIterator[Api]:
     """The app served by uvicorn over TLS from ``pki``, with a fresh store and a manual clock.
 
-    ``events``: the worker's stand-in (default: a RecordingEvents); ``state``: settings put
-    on ``app.state`` (e.g. the fleet stream's pacing).
+    ``events``: the worker's stand-in (default: a RecordingEvents); ``settings``: more of
+    its CloudConfig; ``state``: settings put on ``app.state`` (e.g. the stream's pacing).
     """
     config = CloudConfig.from_pki(
         pki,
@@ -143,6 +147,7 @@ async def serving(
         broker_port=8883,
         http_port=free_port(),
         admin_token=ADMIN_TOKEN,
+        **(settings or {}),
     )
     clock = ManualClock(datetime.now(UTC))
     events = RecordingEvents() if events is None else events

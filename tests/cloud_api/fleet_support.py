@@ -47,12 +47,12 @@ class FleetEvents(RecordingEvents):
 
 
 def serving_fleet(
-    pki: DevPki, tmp_path: Path, *, events_interval_s: float = 0.2
+    pki: DevPki, tmp_path: Path, *, events_interval_s: float = 0.2, **settings: object
 ) -> AbstractAsyncContextManager[Api]:
-    """The API over TLS (as tests/cloud_api/conftest.py serves it) with FleetEvents, and
-    live streams paced at ``events_interval_s``."""
+    """The API over TLS (as tests/cloud_api/conftest.py serves it) with FleetEvents, live
+    streams paced at ``events_interval_s``, and ``settings`` in its CloudConfig."""
     return serving(
-        pki, tmp_path, FleetEvents(), fleet_events_interval_s=events_interval_s,
+        pki, tmp_path, FleetEvents(), settings, fleet_events_interval_s=events_interval_s,
         fleet_events_keepalive_s=1.0,
     )  # fmt: skip
 
