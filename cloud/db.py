@@ -13,6 +13,8 @@ bytes stay bytes, integers 64-bit. Every driver error surfaces as ``StoreError``
 """
 
 import asyncio
+import logging
+import os
 import re
 import sqlite3
 from abc import ABC, abstractmethod
@@ -27,6 +29,8 @@ import aiosqlite
 import asyncpg
 
 from .errors import StoreError
+
+log = logging.getLogger(__name__)
 
 Row: TypeAlias = tuple[Any, ...]
 Params: TypeAlias = Sequence[object]
@@ -320,6 +324,25 @@ class _SqliteTx:
         return rows[0] if rows else None
 
 
+def _private_file(path: Path) -> None:
+    """Make ``path`` (if missing) readable by its owner only, in a 0700 directory if one is
+    made; tighten an existing file and its -wal and -shm files to 0600."""
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    with suppress(FileExistsError):
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    for name in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
+        with suppress(FileNotFoundError):
+            if name.stat().st_mode & 0o077:
+                name.chmod(0o600)
+    if path.parent.stat().st_mode & 0o077 and path.parent not in _WARNED:
+        _WARNED.add(path.parent)
+        log.warning("the store's directory %s is open to other users: keep it 0700", path.parent)
+
+
+_WARNED: set[Path] = set()
+"""Directories already warned about (once per process)."""
+
+
 class SqliteDb(Db):
     """A SQLite file: one connection, WAL, synchronous=FULL, foreign keys on, 5 s busy wait."""
 
@@ -341,9 +364,11 @@ class SqliteDb(Db):
 
     @classmethod
     async def connect(cls, path: Path) -> "SqliteDb":
-        """Open (creating if needed) the database file at ``path``."""
+        """Open (creating if needed) the database file at ``path``: the file (and the WAL
+        and shared-memory files SQLite makes beside it, which take its mode) 0600, a
+        directory it creates 0700."""
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
+            _private_file(path)
             conn = await aiosqlite.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)
         except (aiosqlite.Error, OSError) as exc:
             raise StoreError(f"cannot open store {path}: {exc}") from exc

@@ -16,6 +16,10 @@ with its arguments, the exception and stack text, and every extra field (keys to
 - a Chinese plate (a province character, a letter, an optional ``·``, then 5–6 letters or
   digits, or 4 and a suffix such as 挂 or 港; half- or full-width): ``沪A·****5``.
 
+The same is caught written another way: percent-encoded (a query string in an HTTP
+client's line, ``plate=%E6%B2%AAA31676``) or JSON-escaped (``\\u6caaA31676`` in a logged
+body): such a run is decoded, scrubbed, and shown decoded and masked when it held any.
+
 JSON lines are scrubbed field by field before encoding (a pass over the encoded line
 could break its escapes); text lines are scrubbed whole.
 """
@@ -28,6 +32,7 @@ import traceback
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Final, Literal, TextIO
+from urllib.parse import unquote
 
 from agent.protocol.vin import mask_vin
 
@@ -77,11 +82,41 @@ def _plate(m: re.Match[str]) -> str:
     return f"{m.group(1)}{m.group(2).upper()}·****{m.group(3)[-1]}"
 
 
-def scrub(text: str) -> str:
-    """``text`` with every VIN, policy number and plate in it masked (see the module doc)."""
+_PERCENT_RUN: Final = re.compile(r"[^\s&?=/\"',;<>]*%[0-9A-Fa-f]{2}[^\s&?=/\"',;<>]*")
+_JSON_RUN: Final = re.compile(r"(?:\\u[0-9A-Fa-f]{4}|[A-Za-z0-9·.\-])*\\u[0-9A-Fa-f]{4}"
+                              r"(?:\\u[0-9A-Fa-f]{4}|[A-Za-z0-9·.\-])*")  # fmt: skip
+_JSON_ESCAPE: Final = re.compile(r"\\u([0-9A-Fa-f]{4})")
+
+
+def _plain(text: str) -> str:
     text = _VIN.sub(_vin, text)
     text = _POLICY_NO.sub(_policy_no, text)
     return _PLATE.sub(_plate, text)
+
+
+def _decoded(decode: "re.Pattern[str] | None", m: re.Match[str]) -> str:
+    """A percent-encoded or JSON-escaped run, decoded and scrubbed if it held anything."""
+    token = m.group(0)
+    try:
+        clear = (
+            unquote(token, errors="strict")
+            if decode is None
+            else decode.sub(lambda e: chr(int(e.group(1), 16)), token)
+        )
+    except UnicodeDecodeError:
+        return token
+    masked = _plain(clear)
+    return masked if masked != clear else token
+
+
+def scrub(text: str) -> str:
+    """``text`` with every VIN, policy number and plate in it masked, also when written
+    percent-encoded or JSON-escaped (see the module doc)."""
+    if "%" in text:
+        text = _PERCENT_RUN.sub(lambda m: _decoded(None, m), text)
+    if "\\u" in text:
+        text = _JSON_RUN.sub(lambda m: _decoded(_JSON_ESCAPE, m), text)
+    return _plain(text)
 
 
 def _scrubbed(value: object, depth: int = 0) -> object:

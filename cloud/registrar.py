@@ -28,7 +28,7 @@ from .errors import ConfigError, Refused
 from .keyset import build_keyset
 from .pki import CertificateAuthority, cert_pem
 from .signing_keys import SigningKeys, load_signing_keys
-from .store import Store
+from .store import Store, VinHeld
 
 log = logging.getLogger(__name__)
 HOOK_TIMEOUT_S: Final = 10.0
@@ -184,16 +184,23 @@ class Registrar:
         vin = en.check_vin(req.vin)
         vid = en.assign_vid()
         cert = self.issue(vid, key, now)
-        stored = await self.store.enroll(
-            claim_digest=digest,
-            vid=vid,
-            fleet_id=claim.fleet_id,
-            key=key,
-            vin=vin,
-            serial=cert.serial_number,
-            not_after=cert.not_valid_after_utc,
-            now=now,
-        )
+        try:
+            stored = await self.store.enroll(
+                claim_digest=digest,
+                vid=vid,
+                fleet_id=claim.fleet_id,
+                key=key,
+                vin=vin,
+                serial=cert.serial_number,
+                not_after=cert.not_valid_after_utc,
+                now=now,
+            )
+        except VinHeld:
+            # Whose it is, and anything about that car, stays unsaid: the owning fleet
+            # releases it (revokes its gateway) before another may enroll it.
+            raise Refused(
+                409, "vin_held", "this VIN is enrolled already; its fleet must release it first"
+            ) from None
         if not stored:
             raise Refused(409, "claim_used", "this claim token was used meanwhile")
         self.counters["enrolled"] += 1

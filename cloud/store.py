@@ -6,6 +6,12 @@ batch, before it publishes that batch's replies. Enrollment adds fleets (operato
 token digests), one-time claims (digests), and every certificate issued (serial,
 key, expiry), so that a revoked vehicle's serials can go into the CRL.
 
+VINs, plates and fleet webhook secrets are stored sealed (``cloud.sealing``: AES-GCM
+under a data key kept outside the store); a VIN is found by its keyed hash
+(``vin_hash``), and one VIN is held by at most one active (not revoked) vehicle: a second
+enrollment of it is refused (``VinHeld``) until the holder is revoked. Values stored in
+clear by an older version are sealed when the store is opened.
+
 ``Store.open`` takes a SQLite file path or a ``postgresql://`` URL; ``cloud.db`` holds the
 drivers. Each process (the worker, the HTTP API) opens its own Store; on SQLite one
 connection with a lock per Store, whose busy timeout (5 s) bounds waits between processes;
@@ -30,6 +36,7 @@ from .errors import StoreError
 from .handler import CounterRow, IntentRow, VehicleState
 from .policy import PolicyRecord
 from .renewal_flow import Flow, from_json, to_json
+from .sealing import Sealer, is_sealed
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS vehicles (
@@ -40,7 +47,8 @@ CREATE TABLE IF NOT EXISTS vehicles (
     registered_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%SZ', 'now')),
     fleet_id TEXT REFERENCES fleets(fleet_id),
     revoked_at TEXT,
-    renew_seq INTEGER NOT NULL DEFAULT 0
+    renew_seq INTEGER NOT NULL DEFAULT 0,
+    vin_hash TEXT
 ) STRICT;
 CREATE TABLE IF NOT EXISTS policies (
     vid TEXT PRIMARY KEY REFERENCES vehicles(vid),
@@ -60,7 +68,7 @@ CREATE TABLE IF NOT EXISTS policies (
     starts_at TEXT
 ) STRICT;
 CREATE TABLE IF NOT EXISTS policy_seeds (
-    vin TEXT PRIMARY KEY,
+    vin TEXT PRIMARY KEY,  -- the VIN's keyed hash (cloud.sealing), never the VIN
     insurer_code TEXT NOT NULL,
     insurer_name TEXT NOT NULL,
     policy_no_masked TEXT NOT NULL,
@@ -149,6 +157,7 @@ _ADDED_VEHICLE_COLUMNS: Final = {
     "fleet_id": "TEXT REFERENCES fleets(fleet_id)",
     "revoked_at": "TEXT",
     "renew_seq": "INTEGER NOT NULL DEFAULT 0",
+    "vin_hash": "TEXT",
 }
 """Columns a store made before enrollment lacks; added when it is opened."""
 _ADDED_COLUMNS: Final = {
@@ -166,6 +175,11 @@ _ADDED_COLUMNS: Final = {
     "counters": {"last_seen": "TEXT", "writer": "TEXT"},
 }
 """Per table: columns an older store lacks (appended, so column order stays stable)."""
+_AFTER_COLUMNS: Final = """
+CREATE UNIQUE INDEX IF NOT EXISTS vehicles_held_vin ON vehicles(vin_hash)
+    WHERE revoked_at IS NULL;
+"""
+"""Made once the added columns exist: one VIN, one active vehicle."""
 
 
 _CAS_COUNTERS: Final = (
@@ -338,11 +352,16 @@ class _Conflict(Exception):
     """A guarded write found its row changed since it was read; the transaction rolls back."""
 
 
+class VinHeld(StoreError):
+    """The VIN is held by an active vehicle already (of this fleet or another)."""
+
+
 class Store:
     """An open cloud store; use ``async with await Store.open(target)``."""
 
-    def __init__(self, db: Db) -> None:
+    def __init__(self, db: Db, sealer: Sealer) -> None:
         self._db = db
+        self._seal = sealer
         self._writer = secrets.token_hex(8)
         """Stamped on the counters this store writes: tells its own writes from others'."""
         self._save_order = asyncio.Lock()
@@ -350,24 +369,70 @@ class Store:
         connections a later batch (built on the one before) could otherwise land first."""
 
     @classmethod
-    async def open(cls, target: Path | str) -> "Store":
+    async def open(cls, target: Path | str, data_key_file: Path | None = None) -> "Store":
         """Open (creating tables and columns if needed) the store at a SQLite path or URL.
 
         ``target``: a SQLite file path, or a ``postgresql://`` URL (its query may set server
-        options such as ``search_path``). StoreError if it cannot be opened.
+        options such as ``search_path``). The data key comes from ``CTPL_DATA_KEY``, else
+        ``data_key_file``, else (SQLite only) ``<target>.key`` (``cloud.sealing``). Values an
+        older version stored in clear are sealed. StoreError if it cannot be opened.
         """
+        postgres = isinstance(target, str) and is_postgres_url(target)
+        where = where_of(str(target)) if postgres else target
+        if data_key_file is None and not postgres:
+            data_key_file = Path(f"{target}.key")
+        sealer = Sealer.load(data_key_file)
         db = await connect(target)
         try:
             await create_schema(db, _SCHEMA)
             for table, added in _ADDED_COLUMNS.items():
                 await add_missing_columns(db, table, added)
+            store = cls(db, sealer)
+            await store._seal_clear_rows()
+            await create_schema(db, _AFTER_COLUMNS)
         except StoreError as exc:
             await db.close()
-            where = (
-                where_of(target) if isinstance(target, str) and is_postgres_url(target) else target
-            )
             raise StoreError(f"cannot open store {where}: {exc}") from exc
-        return cls(db)
+        return store
+
+    async def _seal_clear_rows(self) -> None:
+        """Seal what an older version stored in clear (VINs, plates, webhook secrets) and
+        give every VIN its keyed hash; policy seeds move to their VIN's hash as key."""
+        seal, lookup = self._seal.seal, self._seal.lookup
+        async with self._db.transaction() as db:
+            for vid, vin, plate, vin_hash in await db.fetch(
+                "SELECT vid, vin, plate, vin_hash FROM vehicles", ()
+            ):
+                clear_vin = self._seal.open(vin, "vin")
+                stale = vin_hash != lookup(clear_vin)
+                clear = (vin is not None and not is_sealed(vin)) or bool(
+                    plate and not is_sealed(plate)
+                )
+                if stale or clear:
+                    await db.execute(
+                        "UPDATE vehicles SET vin = ?, vin_hash = ?, plate = ? WHERE vid = ?",
+                        (vin if is_sealed(vin) else seal(vin, "vin"), lookup(clear_vin),
+                         plate if is_sealed(plate) else seal(plate, "plate"), vid),
+                    )  # fmt: skip
+            for key, plate in await db.fetch("SELECT vin, plate FROM policy_seeds", ()):
+                if len(key) != 64:  # a VIN in clear: re-key the row by its hash
+                    await db.execute(
+                        "UPDATE policy_seeds SET vin = ?, plate = ? WHERE vin = ?",
+                        (lookup(key), plate if is_sealed(plate) else seal(plate, "plate"), key),
+                    )
+                elif plate and not is_sealed(plate):
+                    await db.execute(
+                        "UPDATE policy_seeds SET plate = ? WHERE vin = ?",
+                        (seal(plate, "plate"), key),
+                    )
+            for fleet_id, secret in await db.fetch(
+                "SELECT fleet_id, secret FROM fleet_webhooks", ()
+            ):
+                if not is_sealed(secret):
+                    await db.execute(
+                        "UPDATE fleet_webhooks SET secret = ? WHERE fleet_id = ?",
+                        (seal(secret, "webhook_secret"), fleet_id),
+                    )
 
     async def close(self) -> None:
         """Close the store."""
@@ -382,13 +447,32 @@ class Store:
         await self.close()
 
     async def add_vehicle(self, vid: str, key: PublicKey, vin: str | None) -> None:
-        """Register (or re-key) vehicle ``vid`` with its message-signing public key."""
-        await self._db.execute(
-            "INSERT INTO vehicles(vid, kid, public_key_pem, vin) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT(vid) DO UPDATE SET kid=excluded.kid, "
-            "public_key_pem=excluded.public_key_pem, vin=excluded.vin",
-            (vid, kid_for(key), public_pem(key), vin),
+        """Register (or re-key) vehicle ``vid`` with its message-signing public key; VinHeld
+        if another active vehicle holds ``vin``."""
+        try:
+            await self._db.execute(
+                "INSERT INTO vehicles(vid, kid, public_key_pem, vin, vin_hash) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT(vid) DO UPDATE SET kid=excluded.kid, "
+                "public_key_pem=excluded.public_key_pem, vin=excluded.vin, "
+                "vin_hash=excluded.vin_hash",
+                (vid, kid_for(key), public_pem(key), self._seal.seal(vin, "vin"),
+                 self._seal.lookup(vin)),
+            )  # fmt: skip
+        except StoreError as exc:
+            if await self._vin_holder(vin, other_than=vid) is not None:
+                raise VinHeld("another active vehicle holds this VIN") from exc
+            raise
+
+    async def _vin_holder(self, vin: str | None, other_than: str | None = None) -> str | None:
+        """The fleet (``""`` for none) of the active vehicle holding ``vin``, if any."""
+        if vin is None:
+            return None
+        rows = await self._rows(
+            "SELECT vid, fleet_id FROM vehicles WHERE vin_hash = ? AND revoked_at IS NULL",
+            (self._seal.lookup(vin),),
         )
+        held = [fleet or "" for vid, fleet in rows if vid != other_than]
+        return held[0] if held else None
 
     async def put_policy(self, r: PolicyRecord) -> None:
         """Insert or replace the policy of ``r.vid``."""
@@ -498,8 +582,8 @@ class Store:
             found = await self._db.fetch(f"{_RELOAD} WHERE v.vid IN ({marks})", wanted)
         return {
             r[0]: StoredVehicle(
-                r[1], bytes(r[2]), r[3], r[4] is not None, r[5] or 0, r[6] or 0, r[7] or 0,
-                r[8] or "",
+                r[1], bytes(r[2]), self._seal.open(r[3], "vin"), r[4] is not None, r[5] or 0,
+                r[6] or 0, r[7] or 0, r[8] or "",
             )
             for r in found
         }  # fmt: skip
@@ -521,7 +605,7 @@ class Store:
                 down_seq=down or 0,
                 version=version or 0,
                 content_key=ckey or "",
-                vin_digest=vin_digest_of(vid, vin),
+                vin_digest=vin_digest_of(vid, self._seal.open(vin, "vin")),
                 last_seen=_dt(seen),
                 stored=(last or 0, down or 0),
             )
@@ -552,9 +636,9 @@ class Store:
         await self._db.execute(
             _PUT_SEED,
             (
-                vin, r.insurer_code, r.insurer_name, r.policy_no_masked,
+                self._seal.lookup(vin), r.insurer_code, r.insurer_name, r.policy_no_masked,
                 r.coverage_start.isoformat(), r.coverage_end.isoformat(), r.source,
-                r.verified_at.isoformat(), r.plate_masked, plate,
+                r.verified_at.isoformat(), r.plate_masked, self._seal.seal(plate, "plate"),
             ),
         )  # fmt: skip
 
@@ -568,13 +652,13 @@ class Store:
                 "plate_masked) SELECT v.vid, s.insurer_code, s.insurer_name, "
                 "s.policy_no_masked, s.coverage_start, s.coverage_end, s.source, s.verified_at, "
                 "NULL, s.plate_masked "
-                "FROM vehicles v JOIN policy_seeds s ON s.vin = v.vin WHERE v.vid = ? "
+                "FROM vehicles v JOIN policy_seeds s ON s.vin = v.vin_hash WHERE v.vid = ? "
                 f"{_REPLACE_POLICY}",
                 (vid,),
             )
             await db.execute(
                 "UPDATE vehicles SET plate = (SELECT s.plate FROM policy_seeds s"
-                " WHERE s.vin = vehicles.vin) WHERE vid = ? AND plate IS NULL",
+                " WHERE s.vin = vehicles.vin_hash) WHERE vid = ? AND plate IS NULL",
                 (vid,),
             )
         return (await self.load_policies(vid)).get(vid)
@@ -635,7 +719,9 @@ class Store:
     ) -> bool:
         """Use the claim, register the vehicle and its certificate, in one transaction.
 
-        False (and nothing stored) if the claim was used or expired since it was read.
+        False (and nothing stored) if the claim was used or expired since it was read;
+        VinHeld (and nothing stored, the claim still unused) if an active vehicle holds
+        ``vin`` already, in any fleet: the holder must be revoked first.
         """
         pem = public_pem(key)
         try:
@@ -647,14 +733,26 @@ class Store:
                 )
                 if used != 1:
                     raise _Conflict
+                vin_hash = self._seal.lookup(vin)
+                if vin_hash is not None and await db.fetchone(
+                    "SELECT 1 FROM vehicles WHERE vin_hash = ? AND revoked_at IS NULL", (vin_hash,)
+                ):
+                    raise VinHeld("an active vehicle holds this VIN")
                 await db.execute(
-                    "INSERT INTO vehicles(vid, kid, public_key_pem, vin, registered_at, fleet_id) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    (vid, kid_for(key), pem, vin, _ts(now), fleet_id),
-                )
+                    "INSERT INTO vehicles(vid, kid, public_key_pem, vin, vin_hash, registered_at,"
+                    " fleet_id) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (vid, kid_for(key), pem, self._seal.seal(vin, "vin"), vin_hash, _ts(now),
+                     fleet_id),
+                )  # fmt: skip
                 await self._insert_certificate(db, vid, serial, key, not_after, now)
         except _Conflict:
             return False
+        except VinHeld:
+            raise
+        except StoreError as exc:  # the unique index: another enrollment of it won the race
+            if await self._vin_holder(vin, other_than=vid) is not None:
+                raise VinHeld("an active vehicle holds this VIN") from exc
+            raise
         return True
 
     async def renew(
@@ -728,7 +826,7 @@ class Store:
         if not rows:
             return None
         fleet_id, revoked_at, renew_seq, vin = rows[0]
-        return VehicleRow(vid, fleet_id, _dt(revoked_at), renew_seq, vin)
+        return VehicleRow(vid, fleet_id, _dt(revoked_at), renew_seq, self._seal.open(vin, "vin"))
 
     async def vehicle_keys(self, vid: str, now: datetime) -> dict[str, PublicKey]:
         """By kid: ``vid``'s registered key and the keys of its certificates still valid."""
@@ -842,11 +940,15 @@ class Store:
     async def vehicle_identity(self, vid: str) -> tuple[str | None, str | None]:
         """The VIN and the clear plate of ``vid`` (for source look-ups only; never logged)."""
         rows = await self._rows("SELECT vin, plate FROM vehicles WHERE vid = ?", (vid,))
-        return (rows[0][0], rows[0][1]) if rows else (None, None)
+        if not rows:
+            return None, None
+        return self._seal.open(rows[0][0], "vin"), self._seal.open(rows[0][1], "plate")
 
     async def set_plate(self, vid: str, plate: str) -> None:
-        """Record the vehicle's plate in clear (the sources look policies up by it)."""
-        await self._db.execute("UPDATE vehicles SET plate = ? WHERE vid = ?", (plate, vid))
+        """Record the vehicle's plate (sealed; the sources look policies up by it)."""
+        await self._db.execute(
+            "UPDATE vehicles SET plate = ? WHERE vid = ?", (self._seal.seal(plate, "plate"), vid)
+        )
 
     async def fleet_vehicles(
         self, fleet_id: str
@@ -870,7 +972,7 @@ class Store:
             "INSERT INTO fleet_webhooks (fleet_id, url, secret, updated_at) VALUES (?, ?, ?, ?)"
             " ON CONFLICT (fleet_id) DO UPDATE SET url = excluded.url,"
             " secret = excluded.secret, updated_at = excluded.updated_at",
-            (fleet_id, url, secret, _ts(now)),
+            (fleet_id, url, self._seal.seal(secret, "webhook_secret"), _ts(now)),
         )
 
     async def delete_fleet_webhook(self, fleet_id: str) -> bool:
@@ -881,7 +983,7 @@ class Store:
     async def fleet_webhooks(self) -> dict[str, tuple[str, str]]:
         """Every fleet's webhook set through the API: fleet id → (url, secret)."""
         rows = await self._db.fetch("SELECT fleet_id, url, secret FROM fleet_webhooks", ())
-        return {r[0]: (r[1], r[2]) for r in rows}
+        return {r[0]: (r[1], self._seal.open(r[2], "webhook_secret") or "") for r in rows}
 
     async def fleet_ids(self) -> list[str]:
         """Every fleet's id, sorted."""

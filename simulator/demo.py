@@ -96,6 +96,7 @@ async def run_demo(workdir: Path, cars: int, duration_s: float | None) -> int:
     """Run the demo; with ``duration_s`` stop after that long once all cars are verified."""
     if workdir.exists():
         shutil.rmtree(workdir)
+    workdir.mkdir(mode=0o700, parents=True)  # keys, the store and logs: the owner's only
     print(f"Making a dev PKI (CA, broker, cloud, root key; no car identities) in {workdir / 'pki'}")
     pki = write_dev_pki(workdir / "pki", 0)
     db = workdir / "cloud.db"
@@ -139,7 +140,7 @@ async def _with_broker(
     with Mosquitto(pki, workdir / "broker") as broker:
         print(f"Mosquitto from broker-config/ on 127.0.0.1:{broker.port} (mTLS, per-car ACL)")
         url = f"https://127.0.0.1:{http_port}"
-        log = (workdir / "cloud.log").open("wb")
+        log = os.fdopen(os.open(workdir / "cloud.log", os.O_WRONLY | os.O_CREAT, 0o600), "wb")
         cloud = subprocess.Popen(  # noqa: S603, ASYNC220 - our own module, started once
             [sys.executable, "-m", "cloud", "serve", "--pki", str(pki.root), "--db", str(db),
              "--broker-port", str(broker.port), "--http-port", str(http_port),
@@ -147,7 +148,10 @@ async def _with_broker(
              "--sources", str(sources)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
-        print(f"Cloud pid {cloud.pid}: MQTT worker, and the HTTPS API at {url}/docs")
+        print(
+            f"Cloud pid {cloud.pid}: MQTT worker, and the HTTPS API at {url} "
+            "(its description: /openapi.json with the admin token)"
+        )
         ok = False
         try:
             if not await _cloud_ready(cloud, workdir / "cloud.log", http_port, 30.0):

@@ -1,16 +1,23 @@
 """Fixtures shared by every test area: a dev PKI, a real Mosquitto from broker-config/, and
 ``db_target`` (a fresh store on SQLite, then on PostgreSQL: tests/store/conftest.py)."""
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from cloud.pki import DevPki, write_dev_pki
+from cloud.sealing import KEY_ENV, new_key_text
 from simulator.broker import Mosquitto
 from tests.store.conftest import db_target  # noqa: F401 - shared with the e2e tests
 
 SHARED_CARS = 12
+
+# One data key for the run, as an operator sets it for a PostgreSQL store (every process the
+# tests start inherits it); tests/store/test_sealing.py covers the key file a SQLite store
+# gets by default.
+os.environ.setdefault(KEY_ENV, new_key_text())
 
 
 @pytest.fixture(scope="session")

@@ -103,6 +103,17 @@ def assert_clear_of(text: str, secrets: list[str]) -> None:
         ("PDZA2026000012345678", "PDZA****5678"),
         ("policy PDAA202631010000012345.", "policy PDAA****2345."),
         ("身份证31010519491231002X", "身份证3101****002X"),
+        # Written another way (issue 13): an HTTP client's query string, a JSON-escaped body.
+        (
+            "GET http://127.0.0.1:8000/v1/policies?plate=%E6%B2%AAA31676&vin=LSVAU2180N2183294",
+            "GET http://127.0.0.1:8000/v1/policies?plate=沪A·****6&vin=*************3294",
+        ),
+        ("?plate=%E6%B2%AA%41%33%31%36%37%36", "?plate=沪A·****6"),
+        ('{"plate": "\\u6caaA31676"}', '{"plate": "沪A·****6"}'),
+        ('{"plate": "\\u6caa\\u0041\\u00b731676"}', '{"plate": "沪A·****6"}'),
+        # Encoded runs that hold nothing personal stay as they are.
+        ("GET /v1/orders/ord_picc_000001?x=%20y 100%25 %ZZ", None),
+        ('{"name": "\\u5e73\\u5b89"}', None),
         # Left as they are: already masked, pseudonyms, digests, ordinary text.
         ("PDZA****5678 PDZA2026****2345 沪A·****5 *************3294", None),
         ("e3b0c44298fc1c149afbf4c8996fb924 r_0123456789abcdef01234567", None),
