@@ -245,7 +245,7 @@ class HeadUnit:
         shown["texts"] = {
             lang: texts.renewal_text(renewal.stage, lang, amount=renewal.amount,
                                      new_end=renewal.new_end, new_starts_at=renewal.new_starts_at,
-                                     reason=renewal.reason)
+                                     reason=renewal.reason, retry_after_s=renewal.retry_after_s)
             for lang in texts.LANGS
         }  # fmt: skip
         return shown

@@ -380,8 +380,10 @@ def renewal_text(
     new_end: date | None = None,
     new_starts_at: datetime | None = None,
     reason: str | None = None,
+    retry_after_s: int | None = None,
 ) -> dict[str, str]:
-    """Headline and detail for a renewal update (a failure's detail worded from its reason)."""
+    """Headline and detail for a renewal update (a failure's detail worded from its reason;
+    ``rate_limited`` with the minutes to wait when given)."""
     zh = lang == "zh-CN"
     headline = _RENEWAL.get(stage, _RENEWAL["failed"])[lang]
     detail = ""
@@ -407,6 +409,13 @@ def renewal_text(
             f"新保单保障至{end_text(new_end, lang)}"
             if zh
             else f"New cover until {end_text(new_end, lang)}"
+        )
+    elif stage == "failed" and reason == "rate_limited" and retry_after_s is not None:
+        minutes = max(1, -(-retry_after_s // 60))
+        detail = (
+            f"查询过于频繁，请{minutes}分钟后再试。"
+            if zh
+            else f"Too many requests. Please try again in {minutes} min."
         )
     elif stage in ("failed", "not_renewed"):
         detail = _REASONS.get(reason or "", _REASON_FALLBACK)[lang]

@@ -16,6 +16,7 @@ dates come from the CTPL calendar in China time, never from the UTC date).
 
 import asyncio
 import logging
+import math
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -184,6 +185,11 @@ def update_body(
         message=None if message is None else message[:256],
         new_starts_at=flow.new_starts_at if error is None else None,
         reason=None if reason is None else reason[:48],
+        retry_after_s=(
+            None
+            if error is None or error.retry_after_s is None
+            else min(86400, max(1, math.ceil(error.retry_after_s)))
+        ),
     )
 
 

@@ -259,8 +259,12 @@ class RenewalUpdate(_Body):
     """The instant the new term begins, once issued (until then the car may be uncovered)."""
     reason: Annotated[str, Pattern(r"[a-z_]{1,48}")] | None = None
     """A stable code for a ``failed`` or ``not_renewed`` stage (the head unit words it)."""
+    retry_after_s: Annotated[int, Range(ge=1, le=86400)] | None = None
+    """With ``reason`` ``rate_limited``: after how many seconds a new request is taken."""
 
-    omit_when_none: ClassVar[frozenset[str]] = frozenset({"new_starts_at", "reason"})
+    omit_when_none: ClassVar[frozenset[str]] = frozenset(
+        {"new_starts_at", "reason", "retry_after_s"}
+    )
 
 
 Intent = RenewalRequest | VehicleEvent

@@ -218,3 +218,12 @@ def test_no_latin_words_in_any_chinese_text() -> None:
     assert made and all(not LATIN_WORD.search(t) for t in made), [
         t for t in made if LATIN_WORD.search(t)
     ]
+
+
+def test_a_rate_limited_request_says_how_long_to_wait() -> None:
+    shown = texts.renewal_text("failed", "zh-CN", reason="rate_limited", retry_after_s=61)
+    assert shown["detail"] == "查询过于频繁，请2分钟后再试。"
+    assert (
+        texts.renewal_text("failed", "en", reason="rate_limited", retry_after_s=1)["detail"]
+        == "Too many requests. Please try again in 1 min."
+    )

@@ -394,8 +394,11 @@ async def test_a_car_cannot_make_the_cloud_ask_the_sources_without_end(
             await until(answered, f"request {n} answered")
         assert agent.renewal is not None
         assert (agent.renewal.stage, agent.renewal.reason) == ("failed", "rate_limited")
+        wait = agent.renewal.retry_after_s
+        assert wait is not None and 1 <= wait <= 600  # the oldest of the six ages out then
         shown = agent.head_unit.snapshot()["renewal"]
-        assert shown["texts"]["zh-CN"]["detail"] == "查询过于频繁，请过几分钟再试。"
+        minutes = -(-wait // 60)
+        assert shown["texts"]["zh-CN"]["detail"] == f"查询过于频繁，请{minutes}分钟后再试。"
     finally:
         await stop(agent, task)
     assert world.worker.renewals is not None
