@@ -95,6 +95,30 @@ class _SessionFlag:
             self._inner(client, userdata, flags, *rest)
 
 
+class _TopicGuard:
+    """Ends the session on a PUBLISH whose topic is not UTF-8 (MQTT requires it), as on any
+    other broken MQTT: DISCONNECT 0x90 "Topic Name invalid". Without it aiomqtt's callback
+    decodes the topic and raises inside paho's read, and paho, its read state never reset,
+    handles the same packet again on every read: a wedged link and a flood of log lines."""
+
+    def __init__(self, client: aiomqtt.Client) -> None:
+        self.refused = 0
+        paho = client._client
+        self._inner = paho.on_message
+        paho.on_message = self._on_message
+
+    def _on_message(self, client: Any, userdata: Any, msg: Any) -> None:
+        try:
+            msg.topic  # noqa: B018 - paho decodes the topic here
+        except UnicodeDecodeError:
+            self.refused += 1
+            log.warning("broker sent a topic that is not UTF-8: ending the session")
+            client.disconnect(reasoncode=ReasonCode(PacketTypes.DISCONNECT, identifier=0x90))
+            return
+        if self._inner is not None:
+            self._inner(client, userdata, msg)
+
+
 def _client(config: AgentConfig, tls: ssl.SSLContext) -> aiomqtt.Client:
     props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
     props.SessionExpiryInterval = config.session_expiry_s
@@ -186,6 +210,7 @@ async def open_link(config: AgentConfig, tls: ssl.SSLContext) -> AsyncIterator[L
     """Connect and announce retained ``online``; on a clean exit announce ``offline``."""
     client = _client(config, tls)
     flag = _SessionFlag(client)
+    _TopicGuard(client)
     where = f"{config.broker_host}:{config.broker_port}"
     try:
         # paho bounds TCP and TLS by itself; this bounds them and the CONNACK together.
