@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: bootstrap mosquitto broker-plugin chromium pg pg-tests pg-stop demo test lint format bench clean
+.PHONY: bootstrap mosquitto broker-plugin chromium pg pg-tests pg-stop demo test hostile lint format bench clean
 
 bootstrap: $(STAMP) mosquitto broker-plugin
 
@@ -82,6 +82,13 @@ demo: bootstrap
 
 test: bootstrap chromium pg-tests
 	$(BIN)/pytest
+
+# The hostile suite in full (tests/hostile, docs/security.md "The hostile suite"): every attack
+# against the real broker, worker, API and agent, with the slow ones `make test` leaves out (the
+# real HTTP deadlines, schemathesis) and hypothesis's larger profile. Prints the table of
+# attempts, refusals, leaks and crashes, and writes it to var/hostile-figures.md.
+hostile: bootstrap
+	CTPL_HOSTILE=1 CTPL_HYPOTHESIS_PROFILE=hostile $(BIN)/pytest tests/hostile
 
 lint: bootstrap
 	$(BIN)/ruff check .
