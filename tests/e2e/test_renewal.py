@@ -90,6 +90,8 @@ async def world(own_pki: DevPki, own_broker: Mosquitto, tmp_path: Path) -> Async
         try:
             yield w
         finally:
+            for insurer in insurers.values():  # their webhook connections to the API first:
+                await insurer.stop()  # the API waits for open connections when it stops
             await w.kill_worker()
 
 

@@ -108,6 +108,8 @@ async def night(
                 await worker.api_ready.wait()
             yield Night(clock, own_pki, db, national, insurers, worker)
         finally:
+            for insurer in insurers.values():  # their webhook connections to the API first:
+                await insurer.stop()  # the API waits for open connections when it stops
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
