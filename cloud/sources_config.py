@@ -1,7 +1,7 @@
 """The insurer and look-up adapters a worker runs renewals with, built from its config.
 
 They fit the source clients of ``cloud.sources`` (httpx, retries, a breaker per source)
-to the ports ``cloud.renewals`` needs, so the renewal flow never sees HTTP.
+to the ports ``cloud.renewal_ports`` defines, so the renewal flow never sees HTTP.
 """
 
 from dataclasses import replace
@@ -11,7 +11,7 @@ from agent.protocol import calendar
 
 from .config import CloudConfig
 from .renewal_flow import QuoteOffer
-from .renewals import (
+from .renewal_ports import (
     Insurer,
     InsurerOrder,
     IssuedPolicy,

@@ -14,7 +14,7 @@ from typing import Final
 
 from agent.protocol import calendar
 
-from .renewals import IssuedPolicy
+from .renewal_ports import IssuedPolicy
 
 TOLERANCE_S: Final = 300
 MAX_BODY: Final = 16 * 1024
