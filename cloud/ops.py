@@ -22,7 +22,7 @@ from agent.protocol.topics import VID_RE
 from .logs import scrub
 
 if TYPE_CHECKING:
-    from .sources import SourceRegistry
+    from .source_registry import SourceRegistry
 
 __all__ = [
     "CONTENT_TYPE",

@@ -21,11 +21,11 @@ from .renewal_ports import (
     SourceFailure,
     VehicleFacts,
 )
+from .source_registry import SourceRegistry
 from .sources import (
     InsurerClient,
     SourceConfig,
     SourceError,
-    SourceRegistry,
     SourcesConfig,
 )
 from .tariff import Vehicle

@@ -20,7 +20,8 @@ from cloud.aggregate import (
     mask_policy_no,
 )
 from cloud.policy import status_of
-from cloud.sources import SourceConfig, SourceRegistry, SourcesConfig
+from cloud.source_registry import SourceRegistry
+from cloud.sources import SourceConfig, SourcesConfig
 from simulator.sources import Insurer, NationalPlatform, ThirdPartyPlatform
 
 NOW = datetime(2026, 11, 25, 2, 0, tzinfo=UTC)  # 25 Nov 2026, 10:00 in China

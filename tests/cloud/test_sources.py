@@ -15,15 +15,14 @@ from fastapi.responses import JSONResponse
 
 from agent.protocol.clock import ManualClock
 from cloud.aggregate import SourceKind, SourcePolicy
+from cloud.source_registry import SourceRegistry, vehicle_key
 from cloud.sources import (
     InsurerClient,
     SourceClient,
     SourceConfig,
     SourceError,
-    SourceRegistry,
     SourcesConfig,
     make_client,
-    vehicle_key,
 )
 from cloud.tariff import ClaimsRecord, Vehicle
 from simulator.sources import HttpServer, Insurer, Knobs, NationalPlatform
