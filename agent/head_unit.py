@@ -6,7 +6,8 @@ transitions as ``vehicle.event`` intents), checks the VIN the car reports agains
 policy's digest, asks ``reminders.decide`` whenever something changed, records a prompt
 before showing it (so a restart never repeats a stage), and turns the driver's answers
 into intents. ``snapshot()`` is everything a screen shows, as JSON-ready data in both
-languages; ``changes()`` yields it again on every change (the HTTP layer streams it).
+languages (its parts built by ``screen``); ``changes()`` yields it again on every change
+(the HTTP layer streams it).
 
 Nothing is shown that is not backed by a verified, cloud-signed state: status and
 prompts come from ``display.view`` (trusted time), the e-policy card from the verified
@@ -16,16 +17,16 @@ state's own fields.
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
 from datetime import date, datetime, timedelta
 from typing import Any, Final, Protocol
 
-from . import display, reminders, texts
+from . import display, reminders, screen, texts
 from .errors import AgentError
 from .protocol.calendar import china_date
 from .protocol.messages import PolicyState, RenewalUpdate
 from .protocol.vin import vin_digest
 from .reminders import Alerted, Prompt, Shown
+from .screen import OnScreen
 from .store import Store
 from .vehicle import Signals, VehicleBus
 
@@ -79,14 +80,6 @@ class AgentPort(Protocol):
     async def request_renewal(self, action: str, quote_id: str | None = None) -> str:
         """Record a renewal.request intent."""
         ...
-
-
-@dataclass(frozen=True, slots=True)
-class OnScreen:
-    """The prompt on screen: its number in the store and the engine's decision."""
-
-    n: int
-    prompt: Prompt
 
 
 class HeadUnit:
@@ -159,9 +152,9 @@ class HeadUnit:
                 lang: texts.status_text(status, lang, days_left=days, end=end, starts_at=starts)
                 for lang in texts.LANGS
             },
-            "prompt": self._prompt_json(),
-            "renewal": self._renewal_json(),
-            "card": self._card_json(),
+            "prompt": screen.prompt_json(self._on_screen),
+            "renewal": screen.renewal_json(self.current_renewal()),
+            "card": screen.card_json(self.agent.state),
             "vehicle": {
                 "ignition_on": self.signals.ignition_on,
                 "moving": self.signals.moving,
@@ -171,24 +164,6 @@ class HeadUnit:
             "online": self.agent.connected,
         }
         return shown
-
-    def _prompt_json(self) -> dict[str, Any] | None:
-        if self._on_screen is None:
-            return None
-        p = self._on_screen.prompt
-        return {
-            "id": self._on_screen.n,
-            "stage": p.stage,
-            "days_left": p.days_left,
-            "coverage_end": p.coverage_end.isoformat(),
-            "answers": list(reminders.answers_for(p.stage)),
-            "texts": {
-                lang: texts.prompt_text(
-                    p.stage, p.days_left, p.coverage_end, p.insurer, lang, starts_at=p.starts_at
-                )
-                for lang in texts.LANGS
-            },
-        }
 
     def current_renewal(self) -> RenewalUpdate | None:
         """The renewal update to show: verified, and issued within RENEWAL_SHOWN_FOR."""
@@ -200,55 +175,6 @@ class HeadUnit:
         if now - renewal.issued_at > RENEWAL_SHOWN_FOR:
             return None
         return renewal
-
-    def _renewal_json(self) -> dict[str, Any] | None:
-        """Quotes to compare, a payment link as a QR code, or the result."""
-        renewal = self.current_renewal()
-        if renewal is None:
-            return None
-        shown: dict[str, Any] = {
-            "renewal_id": renewal.renewal_id,
-            "stage": renewal.stage,
-            "quotes": [
-                {
-                    "quote_id": q.quote_id,
-                    "insurer": q.insurer_name,
-                    "insurer_code": q.insurer_code,
-                    "start": q.start.isoformat(),
-                    "end": q.end.isoformat(),
-                    "start_rule": q.start_rule or "midnight",
-                    "ctpl": q.ctpl,
-                    "floating_rate": q.floating_rate,
-                    "rate_basis": q.rate_basis,
-                    "vehicle_vessel_tax": q.vehicle_vessel_tax,
-                    "tax_exemption": q.tax_exemption,
-                    "total": q.total,
-                    "claims_phone": q.claims_phone,
-                    "expires_at": q.expires_at.isoformat(),
-                    "texts": {lang: texts.quote_text(q, lang) for lang in texts.LANGS},
-                }
-                for q in renewal.quotes
-            ],
-            "amount": renewal.amount,
-            "new_end": None if renewal.new_end is None else renewal.new_end.isoformat(),
-            "new_starts_at": None
-            if renewal.new_starts_at is None
-            else renewal.new_starts_at.isoformat(),
-            "reason": renewal.reason,
-            "message": renewal.message,
-            "payment_url": None,
-            "payment_qr": None,
-        }
-        if renewal.stage == "awaiting_payment" and renewal.payment_url is not None:
-            shown["payment_url"] = renewal.payment_url
-            shown["payment_qr"] = qr_svg_data_uri(renewal.payment_url)
-        shown["texts"] = {
-            lang: texts.renewal_text(renewal.stage, lang, amount=renewal.amount,
-                                     new_end=renewal.new_end, new_starts_at=renewal.new_starts_at,
-                                     reason=renewal.reason, retry_after_s=renewal.retry_after_s)
-            for lang in texts.LANGS
-        }  # fmt: skip
-        return shown
 
     async def accept_quote(self, quote_id: str) -> str:
         """The driver chose a quote: send the signed consent naming it; return the intent id.
@@ -266,25 +192,6 @@ class HeadUnit:
         intent = await self.agent.request_renewal("accept", quote_id)
         await self._publish()
         return intent
-
-    def _card_json(self) -> dict[str, Any] | None:
-        """The offline e-policy card: the verified state's own fields (masked at the cloud)."""
-        state = self.agent.state
-        if state is None or state.coverage_end is None or state.policy_no_masked is None:
-            return None
-        card: dict[str, Any] = {
-            "policy_no": state.policy_no_masked,
-            "plate": state.plate_masked,
-            "start": None if state.coverage_start is None else state.coverage_start.isoformat(),
-            "starts_at": None if state.starts_at is None else state.starts_at.isoformat(),
-            "end": state.coverage_end.isoformat(),
-            "insurer": state.insurer_name or state.insurer_code,
-            "insurer_address": state.insurer_address,
-            "claims_phone": state.claims_phone,
-            "verified_at": None if state.verified_at is None else state.verified_at.isoformat(),
-        }
-        card["texts"] = {lang: texts.card_text(card, lang) for lang in texts.LANGS}
-        return card
 
     async def changes(self) -> AsyncIterator[dict[str, Any]]:
         """The snapshot now, then again after every change, until cancelled."""
@@ -495,10 +402,3 @@ class HeadUnit:
         if self._store is None:
             raise AnswerError("stale_prompt", "the head unit is not running")
         return self._store
-
-
-def qr_svg_data_uri(url: str) -> str:
-    """A QR code of ``url`` as an SVG data URI (segno is imported only here, when needed)."""
-    import segno
-
-    return str(segno.make(url, error="m").svg_data_uri(scale=6, border=2))
